@@ -1,0 +1,33 @@
+# softrepro: datasets -> runs -> metrics -> claims -> report.
+#   snakemake --profile workflow/profiles/default --config scale=smoke
+# The DAG is derived from configs/papers/*.yaml; nothing here names a paper.
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+from softrepro.plan import build, dataset_marker
+from softrepro.spec import resolve_experiment
+
+min_version("9.0")
+
+configfile: "configs/config.yaml"
+validate(config, "configs/schemas/config.schema.json")
+
+ROOT = Path(workflow.basedir)
+SCALE = str(config["scale"])
+RESULTS = str(config["results"])
+PAPERS = ",".join(config["papers"]) if isinstance(config["papers"], list) else str(config["papers"])
+PLAN = build(SCALE, PAPERS, ROOT, RESULTS)
+SR = f"{sys.executable} -m softrepro.cli"
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/runs.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/{SCALE}/report.html",
+        f"{RESULTS}/{SCALE}/report.pdf",

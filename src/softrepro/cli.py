@@ -1,0 +1,130 @@
+"""``softrepro`` command line: the steps the Snakemake rules call, plus spec checks."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from softrepro.spec import SpecError, repo_root
+
+
+def _cmd_data(args) -> int:
+    from softrepro.datasets import ChecksumError, ensure
+    from softrepro.spec import load_datasets
+
+    root = repo_root()
+    datasets = load_datasets(root)
+    if args.name not in datasets:
+        print(f"configs/datasets.yaml: no dataset {args.name!r}", file=sys.stderr)
+        return 2
+    try:
+        marker = ensure(args.name, datasets[args.name], root, log=lambda m: print(m, file=sys.stderr))
+    except ChecksumError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    out = Path(args.marker)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(marker, indent=2) + "\n")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from softrepro.runner import run_job
+
+    root = repo_root()
+    run_job(root / "configs" / "papers" / f"{args.paper}.yaml", args.experiment, args.seed, args.scale,
+            Path(args.out), root, results=args.results, threads=args.threads, progress=not args.no_progress,
+            log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _cmd_aggregate(args) -> int:
+    from softrepro.aggregate import aggregate
+    from softrepro.plan import build
+
+    root = repo_root()
+    _, claims = aggregate(build(args.scale, args.papers, root, args.results), root)
+    print(claims[["paper", "claim", "verdict"]].to_string(index=False))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from softrepro.report import render
+
+    root = repo_root()
+    for path in render(root, args.scale, args.results):
+        print(path)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from softrepro.spec import load_datasets, load_paper, load_scale, SCALES
+
+    root = repo_root()
+    paths = [Path(p) for p in args.paths] or sorted((root / "configs" / "papers").glob("*.yaml"))
+    datasets = load_datasets(root)
+    for scale in SCALES:
+        load_scale(scale, root)
+    for path in paths:
+        paper = load_paper(path, root, datasets)
+        print(f"ok  {path}  ({len(paper.experiments)} experiments, {len(paper.claims)} claims)")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from softrepro.plan import build
+
+    plan = build(args.scale, args.papers, repo_root(), args.results)
+    for j in plan.jobs:
+        print(f"{j.paper}\t{j.experiment}\tseed{j.seed}\t{j.kind}\t{j.dataset or '-'}\t{j.skip or ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="softrepro", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("data", help="fetch (DVC or download), verify and register one dataset")
+    s.add_argument("name")
+    s.add_argument("--marker", required=True, help="where to write the dataset's status JSON")
+    s.set_defaults(fn=_cmd_data)
+
+    s = sub.add_parser("run", help="run one (paper, experiment, seed) job")
+    s.add_argument("--paper", required=True)
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--scale", required=True)
+    s.add_argument("--out", required=True, help="run directory for metrics.json and steps.csv")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--results", default="results")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=_cmd_run)
+
+    for name, fn, help_ in (("aggregate", _cmd_aggregate, "write runs.csv and claims.csv"),
+                            ("plan", _cmd_plan, "list the jobs of a scale")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--scale", default="cpu")
+        s.add_argument("--papers", default="all")
+        s.add_argument("--results", default="results")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("report", help="render the report notebook to HTML and PDF")
+    s.add_argument("--scale", default="cpu")
+    s.add_argument("--results", default="results")
+    s.set_defaults(fn=_cmd_report)
+
+    s = sub.add_parser("validate", help="check paper specs against the schema and the registries")
+    s.add_argument("paths", nargs="*")
+    s.set_defaults(fn=_cmd_validate)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as exc:
+        print(f"spec error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Methods that papers bring: each module registers its losses, models or benchmarks."""

@@ -1,0 +1,112 @@
+"""Run one job and write ``metrics.json`` (+ ``steps.csv``) with its provenance."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from softrepro import __version__
+from softrepro.plan import dataset_marker
+from softrepro.registry import BENCHMARKS
+from softrepro.spec import load_paper, load_scale, resolve_experiment
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(root: Path, threads: int) -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "git_commit": _git(root, "rev-parse", "HEAD"),
+        "git_dirty": bool(_git(root, "status", "--porcelain", "--untracked-files=no")),
+        "softrepro": __version__,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": f"cuda ({gpu})" if gpu else "cpu",
+    }
+
+
+def _write_json_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
+            results: str = "results", threads: int = 1, progress: bool = True, log=print) -> dict:
+    paper = load_paper(paper_path, root)
+    exp = resolve_experiment(paper.experiments[experiment], scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "paper": paper.id, "experiment": experiment, "seed": seed, "scale": scale,
+        "evidence": load_scale(scale, root).evidence, "kind": exp["kind"], "config": exp,
+        "deviations": exp["deviations"], "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": provenance(root, threads),
+    }
+    steps = pd.DataFrame()
+    t0 = time.perf_counter()
+    reason = exp.get("skip")
+    if not reason and exp["kind"] == "train":
+        marker = json.loads((root / dataset_marker(results, exp["dataset"])).read_text())
+        record["dataset"] = marker
+        if not marker["available"]:
+            reason = marker["reason"]
+    if reason:
+        record.update(status="not_run", reason=reason, metrics={})
+        log(f"not run: {reason}")
+    elif exp["kind"] == "train":
+        from softrepro.train import train
+
+        metrics, steps = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log)
+        record.update(status="ok", metrics=metrics)
+    else:
+        params = {k: v for k, v in exp["benchmark"].items() if k != "name"}
+        params.setdefault("threads", threads)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(desc=f"benchmark seed {seed}", mininterval=2.0)
+
+        def tick(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        metrics, rows = BENCHMARKS.get(exp["benchmark"]["name"])(params, seed, tick)
+        if bar is not None:
+            bar.close()
+        steps = pd.DataFrame(rows)
+        record.update(status="ok", metrics=metrics)
+    record["wall_seconds"] = time.perf_counter() - t0
+    record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    steps.to_csv(out_dir / "steps.csv", index=False)
+    _write_json_atomic(record, out_dir / "metrics.json")
+    return record

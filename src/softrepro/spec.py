@@ -1,0 +1,194 @@
+"""Paper specs, scales and the dataset registry: loading, validation, resolution.
+
+Every YAML under ``configs/`` is checked against its JSON schema in
+``configs/schemas``; an error names the file and the field (``claims[1].published``)
+so a malformed spec is fixed in one look.  ``resolve_experiment`` merges an
+experiment's per-scale overrides, which is all the engine ever reads.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCALES = ("smoke", "cpu", "paper")
+
+
+class SpecError(ValueError):
+    """A config file is malformed; the message names the file and the field."""
+
+    def __init__(self, path: Path | str, where: str, message: str):
+        self.path, self.where = str(path), where
+        super().__init__(f"{path}: {where}: {message}")
+
+
+def repo_root() -> Path:
+    """The project root: the nearest parent holding configs/config.yaml (cwd first)."""
+    for base in (Path.cwd(), *Path.cwd().parents):
+        if (base / "configs" / "config.yaml").is_file():
+            return base
+    raise FileNotFoundError("not inside a softrepro checkout (no configs/config.yaml found)")
+
+
+def _field_path(error: jsonschema.ValidationError) -> str:
+    out = ""
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+@lru_cache(maxsize=None)
+def _schema(root: str, name: str) -> dict:
+    return json.loads((Path(root) / "configs" / "schemas" / f"{name}.schema.json").read_text())
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(path, "(file)", "no such file") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(path, "(yaml)", str(exc).replace("\n", " ")) from None
+
+
+def validate(doc: Any, schema: dict, path: Path, prefix: str = "") -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        # a failing oneOf/anyOf hides the useful message in its context
+        if err.context:
+            err = min(err.context, key=lambda e: len(e.absolute_path))
+        where = _field_path(err)
+        if prefix:
+            where = prefix + ("" if where == "(top level)" else ("" if where.startswith("[") else ".") + where)
+        raise SpecError(path, where, err.message)
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    evidence: bool
+    train_threads: int
+    gpu: bool = False
+
+
+@dataclass
+class Paper:
+    id: str
+    path: Path
+    doc: dict
+    experiments: dict[str, dict] = field(default_factory=dict)
+    claims: list[dict] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return self.doc["title"]
+
+
+def load_scale(name: str, root: Path | None = None) -> Scale:
+    root = root or repo_root()
+    path = root / "configs" / "scales" / f"{name}.yaml"
+    if name not in SCALES:
+        raise SpecError(path, "scale", f"unknown scale {name!r} (choose from {', '.join(SCALES)})")
+    doc = _load_yaml(path)
+    validate(doc, _schema(str(root), "scale"), path)
+    if doc["name"] != name:
+        raise SpecError(path, "name", f"{doc['name']!r} does not match the file name {name!r}")
+    return Scale(**{**doc, "seeds": tuple(doc["seeds"])})
+
+
+def load_datasets(root: Path | None = None) -> dict[str, dict]:
+    root = root or repo_root()
+    path = root / "configs" / "datasets.yaml"
+    doc = _load_yaml(path)
+    validate(doc, _schema(str(root), "datasets"), path)
+    return doc
+
+
+def load_paper(path: Path, root: Path | None = None, datasets: dict | None = None) -> Paper:
+    """Load and fully check one paper spec (schema, cross-references, registered names)."""
+    from softrepro.registry import BENCHMARKS, LOSSES, MODELS
+
+    root = root or repo_root()
+    path = Path(path)
+    doc = _load_yaml(path)
+    schema = _schema(str(root), "paper")
+    validate(doc, schema, path)
+    if doc["id"] != path.stem:
+        raise SpecError(path, "id", f"{doc['id']!r} does not match the file name {path.stem!r}")
+    datasets = datasets if datasets is not None else load_datasets(root)
+    exp_schema = {**schema["$defs"]["experiment"], "$defs": schema["$defs"]}
+    for name, exp in doc["experiments"].items():
+        where = f"experiments.{name}"
+        for scale in SCALES:  # every resolved variant must itself be a valid experiment
+            validate(resolve_experiment(exp, scale), exp_schema, path, prefix=f"{where}(scale={scale})")
+        if exp["kind"] == "train":
+            if exp["dataset"] not in datasets:
+                raise SpecError(path, f"{where}.dataset", f"unknown dataset {exp['dataset']!r} (configs/datasets.yaml has {', '.join(datasets)})")
+            for key, registry in (("model", MODELS), ("loss", LOSSES)):
+                if exp[key]["name"] not in registry:
+                    raise SpecError(path, f"{where}.{key}.name", f"unknown {key} {exp[key]['name']!r} (known: {', '.join(registry.names())})")
+        elif exp["benchmark"]["name"] not in BENCHMARKS:
+            raise SpecError(path, f"{where}.benchmark.name", f"unknown benchmark {exp['benchmark']['name']!r} (known: {', '.join(BENCHMARKS.names())})")
+    seen = set()
+    for i, claim in enumerate(doc["claims"]):
+        where = f"claims[{i}]"
+        if claim["id"] in seen:
+            raise SpecError(path, f"{where}.id", f"duplicate claim id {claim['id']!r}")
+        seen.add(claim["id"])
+        refs = {"experiment": claim["experiment"]} if "experiment" in claim else {}
+        refs.update({f"experiments.{k}": v for k, v in claim.get("experiments", {}).items()})
+        for key, ref in refs.items():
+            if ref not in doc["experiments"]:
+                raise SpecError(path, f"{where}.{key}", f"unknown experiment {ref!r} (spec has {', '.join(doc['experiments'])})")
+        if claim["kind"] == "comparison" and None in claim["published"].values() and "direction" not in claim:
+            raise SpecError(path, f"{where}.direction", "a comparison with an unknown published value needs a direction")
+    return Paper(id=doc["id"], path=path, doc=doc, experiments=doc["experiments"], claims=doc["claims"])
+
+
+def load_papers(selection: str | list[str] | None = "all", root: Path | None = None) -> list[Paper]:
+    root = root or repo_root()
+    paper_dir = root / "configs" / "papers"
+    available = sorted(p.stem for p in paper_dir.glob("*.yaml"))
+    if selection in (None, "all", ""):
+        ids = available
+    else:
+        ids = selection.split(",") if isinstance(selection, str) else list(selection)
+        ids = [i.strip() for i in ids if i.strip()]
+        missing = [i for i in ids if i not in available]
+        if missing:
+            raise SpecError(paper_dir, "papers", f"no spec for {', '.join(missing)} (have {', '.join(available)})")
+    datasets = load_datasets(root)
+    return [load_paper(paper_dir / f"{i}.yaml", root, datasets) for i in ids]
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_experiment(exp: dict, scale: str) -> dict:
+    """The experiment as run at ``scale``: overrides merged, deviations concatenated.
+
+    Returns a dict without ``scales``; ``skip`` (a reason) is set when the
+    experiment does not run at this scale.
+    """
+    over = copy.deepcopy(exp.get("scales", {}).get(scale, {}))
+    extra_devs = over.pop("deviations", [])
+    merged = _deep_merge({k: v for k, v in exp.items() if k != "scales"}, over)
+    merged["deviations"] = list(exp.get("deviations", [])) + list(extra_devs)
+    return merged

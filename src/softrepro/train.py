@@ -1,0 +1,206 @@
+"""The training loop for ``kind: train`` experiments (plain torch).
+
+The whole dataset lives in memory as tensors on the device; step ``s`` draws the
+batch ``stream[s*B:(s+1)*B]`` of a stream of per-epoch permutations seeded by
+(seed, epoch), so a batch depends on the step alone and a resumed run sees the
+same batches.  A checkpoint (model, optimiser, RNG states, log so far) is written
+atomically every ``checkpoint_every`` steps; a rerun of a killed job resumes from
+it and finishes with the same numbers as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from softrepro.datasets import load_image_classification
+from softrepro.registry import LOSSES, MODELS
+
+FAULT_ENV = "SOFTREPRO_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after that step
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def config_hash(exp: dict) -> str:
+    return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare(x: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    return x.unsqueeze(1) if x.ndim == 3 else x
+
+
+def load_data(exp: dict, root: Path, device: torch.device):
+    splits = load_image_classification(exp["dataset"], root)
+    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
+    if "train_range" in exp:
+        lo, hi = exp["train_range"]
+        xtr, ytr = xtr[lo:hi], ytr[lo:hi]
+    if "train_subset" in exp and exp["train_subset"] < len(ytr):
+        keep = np.random.default_rng(0).permutation(len(ytr))[: exp["train_subset"]]  # same subset for every seed
+        xtr, ytr = xtr[keep], ytr[keep]
+    if "test_subset" in exp:
+        xte, yte = xte[: exp["test_subset"]], yte[: exp["test_subset"]]
+    n_classes = int(max(ytr.max(), yte.max()) + 1)
+    to = lambda a: a.to(device)  # noqa: E731
+    return to(_prepare(xtr)), to(torch.from_numpy(ytr)), to(_prepare(xte)), to(torch.from_numpy(yte)), n_classes
+
+
+class BatchStream:
+    """Consecutive batches from concatenated per-epoch permutations (TF ``next_batch`` style)."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch, self.seed = n, batch, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache[epoch] = torch.randperm(self.n, generator=g)
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        start = step * self.batch
+        parts, pos = [], start
+        while pos < start + self.batch:
+            epoch, offset = divmod(pos, self.n)
+            take = min(self.n - offset, start + self.batch - pos)
+            parts.append(self._perm(epoch)[offset : offset + take])
+            pos += take
+        return torch.cat(parts)
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, x, y, batch: int = 1000) -> dict:
+    model.eval()
+    correct = correct_sign = 0
+    loss_sum = nll_sum = 0.0
+    for i in range(0, len(y), batch):
+        xb, yb = x[i : i + batch], y[i : i + batch]
+        out = model(xb)
+        loss_sum += float(loss_fn(out, yb, model)) * len(yb)
+        nll_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+        correct_sign += int((torch.sign(out).argmax(1) == yb).sum())
+    model.train()
+    n = len(y)
+    return {"test_accuracy": correct / n, "test_loss": loss_sum / n, "test_nll": nll_sum / n,
+            "test_accuracy_sign_argmax": correct_sign / n}
+
+
+def _make_optimizer(cfg: dict, params):
+    kw = {k: v for k, v in cfg.items() if k != "name"}
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg["name"]](params, **kw)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, progress: bool = True, log=print) -> tuple[dict, pd.DataFrame]:
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    else:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    seed_everything(seed)
+
+    xtr, ytr, xte, yte, n_classes = load_data(exp, root, device)
+    model_cfg = dict(exp["model"])
+    model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(xtr.shape[1:]), n_classes=n_classes, **model_cfg).to(device)
+    loss_cfg = dict(exp["loss"])
+    loss_fn = LOSSES.get(loss_cfg.pop("name"))(**loss_cfg)
+    opt = _make_optimizer(exp["optimizer"], model.parameters())
+
+    steps, batch = exp["steps"], exp["batch_size"]
+    log_every = exp.get("log_every", max(1, steps // 50))
+    eval_every = exp.get("eval_every")
+    ckpt_every = exp.get("checkpoint_every", max(1, min(200, steps // 5)))
+    stream = BatchStream(len(ytr), batch, seed)
+    ckpt_path = run_dir / "checkpoint.pt"
+    chash = config_hash({**exp, "seed": seed})
+
+    start_step, history, elapsed_before = 0, [], 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["config_hash"] == chash:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            start_step, history, elapsed_before = state["step"], state["history"], state["elapsed"]
+            log(f"resumed from checkpoint at step {start_step}/{steps}")
+        else:
+            log("checkpoint belongs to another configuration; starting afresh")
+
+    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+    t0 = time.perf_counter()
+    win_loss = win_acc = 0.0
+    win_n = 0
+    model.train()
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train seed {seed}",
+               file=sys.stderr, disable=not progress, mininterval=2.0)
+    for step in bar:
+        idx = stream.indices(step).to(device)
+        xb, yb = xtr[idx], ytr[idx]
+        out = model(xb)
+        loss = loss_fn(out, yb, model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        win_loss += float(loss.detach())
+        win_acc += float((out.detach().argmax(1) == yb).float().mean())
+        win_n += 1
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            row = {"step": done, "train_loss": win_loss / win_n, "train_accuracy": win_acc / win_n,
+                   "elapsed_s": elapsed_before + time.perf_counter() - t0}
+            if eval_every and (done % eval_every == 0 or done == steps):
+                ev = evaluate(model, loss_fn, xte, yte)
+                row.update(test_accuracy=ev["test_accuracy"], test_loss=ev["test_loss"])
+            history.append(row)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+            win_loss = win_acc = 0.0
+            win_n = 0
+        if done % ckpt_every == 0 and done < steps:
+            _save_atomic({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "rng_cpu": torch.get_rng_state(),
+                          "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                          "history": history, "elapsed": elapsed_before + time.perf_counter() - t0,
+                          "config_hash": chash}, ckpt_path)
+        if fault_step and done == fault_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+
+    metrics = evaluate(model, loss_fn, xte, yte)
+    wall = elapsed_before + time.perf_counter() - t0
+    metrics.update(train_loss_final=history[-1]["train_loss"] if history else math.nan, steps=steps,
+                   n_train=len(ytr), n_test=len(yte), train_seconds=wall,
+                   steps_per_second=(steps - start_step) / max(time.perf_counter() - t0, 1e-9))
+    ckpt_path.unlink(missing_ok=True)
+    return metrics, pd.DataFrame(history)

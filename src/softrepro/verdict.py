@@ -1,0 +1,129 @@
+"""Judging one claim from its runs: mean, 95 % CI, paired tests and the verdict.
+
+Verdicts (README, "What the verdicts mean"):
+
+* ``reproduced``      — the reproduced number lies within the claim's tolerance of the
+  published one (for comparisons: the paired difference is significant, has the
+  published sign and lies within tolerance of the published difference);
+* ``direction holds`` — comparison/ratio claims: the effect is significant and in the
+  published direction, but its size is outside the tolerance;
+* ``not reproduced``  — the 95 % CI excludes the published value's tolerance band, or a
+  significant effect points the other way;
+* ``inconclusive``    — too few seeds or too much spread to tell, or a miss at a scale
+  whose protocol is cut (a cut protocol cannot refute a paper);
+* ``not run: <why>``  — no run could produce the number (decided by the aggregator).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+UNIT_FACTOR = {"percent": 100.0, "fraction": 1.0, "x": 1.0, "nats": 1.0, "seconds": 1.0}
+VERDICTS = ("reproduced", "direction holds", "not reproduced", "inconclusive")
+NAN = math.nan
+
+
+@dataclass
+class Summary:
+    mean: float
+    std: float
+    n: int
+    ci_low: float
+    ci_high: float
+
+
+def summarize(samples, confidence: float = 0.95) -> Summary:
+    x = np.asarray(samples, dtype=float)
+    n = len(x)
+    if n == 0:
+        return Summary(NAN, NAN, 0, NAN, NAN)
+    mean = float(x.mean())
+    if n < 2:
+        return Summary(mean, NAN, 1, NAN, NAN)
+    std = float(x.std(ddof=1))
+    if std == 0.0:
+        return Summary(mean, 0.0, n, mean, mean)
+    lo, hi = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Summary(mean, std, n, float(lo), float(hi))
+
+
+def half_width(published: float, tolerance: dict) -> float:
+    return tolerance["abs"] if "abs" in tolerance else tolerance["rel"] * abs(published)
+
+
+@dataclass
+class Judgement(Summary):
+    verdict: str
+    published: float  # the published number the reproduced mean is compared with
+    delta: float
+    p_value: float
+    mean_a: float = NAN
+    mean_b: float = NAN
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _excludes(s: Summary, lo: float, hi: float) -> bool:
+    return s.n >= 2 and (s.ci_high < lo or s.ci_low > hi)
+
+
+def judge(claim: dict, a, b=None, faithful: bool = True) -> Judgement:
+    """Judge ``claim`` (a spec dict) from per-seed samples ``a`` (and ``b`` for comparisons),
+    given in the metric's stored units; ``faithful`` is False at scales whose protocol is cut."""
+    factor = UNIT_FACTOR[claim["unit"]]
+    a = np.asarray(a, dtype=float) * factor
+    kind = claim["kind"]
+    note = ""
+    if kind in ("value", "ratio"):
+        s = summarize(a)
+        pub = float(claim["published"])
+        hw = half_width(pub, claim["tolerance"])
+        delta = s.mean - pub
+        p_value = float(stats.ttest_1samp(a, pub).pvalue) if s.n >= 2 and s.std > 0 else NAN
+        if abs(delta) <= hw:
+            verdict = "reproduced"
+        elif kind == "ratio" and s.n >= 2 and ((pub > 1 and s.ci_low > 1) or (pub < 1 and s.ci_high < 1)):
+            verdict = "direction holds"
+        elif _excludes(s, pub - hw, pub + hw):
+            verdict = "not reproduced"
+        else:
+            verdict = "inconclusive"
+            note = "mean outside the tolerance band but the CI overlaps it" if s.n >= 2 else "one seed: no CI"
+        return _finish(Judgement(**asdict(s), verdict=verdict, published=pub, delta=delta, p_value=p_value, note=note), faithful)
+
+    b = np.asarray(b, dtype=float) * factor
+    if len(a) != len(b):
+        raise ValueError(f"claim {claim['id']}: paired comparison needs equal seeds ({len(a)} vs {len(b)})")
+    d = a - b
+    s = summarize(d)
+    pub_vals = claim.get("published") or {}
+    pa, pb = pub_vals.get("a"), pub_vals.get("b")
+    pub_d = pa - pb if pa is not None and pb is not None else NAN
+    expected = claim.get("direction") or ("greater" if pub_d > 0 else "less")
+    p_value = float(stats.ttest_rel(a, b).pvalue) if s.n >= 2 and s.std > 0 else NAN
+    if s.n < 2:
+        verdict, note = "inconclusive", "fewer than two paired seeds"
+    elif s.ci_low > 0 or s.ci_high < 0:
+        if (s.mean > 0) != (expected == "greater"):
+            verdict = "not reproduced"
+        elif kind == "qualitative" or math.isnan(pub_d) or abs(s.mean - pub_d) <= half_width(pub_d, claim["tolerance"]):
+            verdict = "reproduced"
+        else:
+            verdict = "direction holds"
+    else:
+        verdict, note = "inconclusive", "the paired difference's 95 % CI includes 0"
+    j = Judgement(**asdict(s), verdict=verdict, published=pub_d, delta=s.mean - pub_d, p_value=p_value,
+                  mean_a=float(a.mean()), mean_b=float(b.mean()), note=note)
+    return _finish(j, faithful)
+
+
+def _finish(j: Judgement, faithful: bool) -> Judgement:
+    if not faithful and j.verdict == "not reproduced":
+        j.verdict = "inconclusive"
+        j.note = "missed at a scale whose protocol is cut (see deviations); not evidence against the paper"
+    return j

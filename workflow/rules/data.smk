@@ -1,0 +1,14 @@
+# One job per dataset: dvc checkout/pull, else mirror/canonical download + verify + dvc add/push.
+# The marker says whether the dataset is available; a checksum mismatch fails the job.
+
+
+localrules: dataset
+
+
+rule dataset:
+    output:
+        f"{RESULTS}/datasets/{{name}}.json",
+    log:
+        f"{RESULTS}/logs/datasets/{{name}}.log",
+    shell:
+        "{SR} data {wildcards.name} --marker {output} 2> {log}"
