@@ -70,6 +70,8 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale) -> pd.DataFrame
                                               "mean_a", "mean_b", "verdict", "note")})
                 row["reproduced_mean"] = d["mean"]
                 row["seeds"] = ",".join(str(s) for s in seeds)
+            if claim.get("notes"):
+                row["note"] = " ".join(x for x in (row.get("note"), claim["notes"]) if isinstance(x, str) and x)
             if not scale.evidence:
                 row["note"] = ("smoke scale: pipeline check, not evidence. " + (row.get("note") or "")).strip()
             out.append(row)

@@ -46,7 +46,7 @@ def config_hash(exp: dict) -> str:
 
 
 def _prepare(x: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    x = torch.tensor(x, dtype=torch.float32).div_(255.0)
     return x.unsqueeze(1) if x.ndim == 3 else x
 
 

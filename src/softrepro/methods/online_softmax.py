@@ -1,0 +1,236 @@
+"""Online normalizer for softmax (Milakov & Gimelshein 2018), as numba CPU kernels.
+
+Every kernel works row-wise on a C-contiguous float32 array ``x`` of shape (batch, V),
+parallel over rows.  Memory traffic per element (reads + writes), as counted in the paper:
+
+* ``naive``  : sum exp(x) | write exp(x)/d                      -> 3 accesses (overflows for large x)
+* ``safe``   : max | sum exp(x-m) | write exp(x-m)/d            -> 4 accesses
+* ``online`` : running (m, d) in one pass | write exp(x-m)/d    -> 3 accesses
+* ``topk``                      : top-K of x                     -> 1 access
+* ``safe_topk_unfused``         : safe softmax, then top-K of y  -> 5 accesses
+* ``safe_topk_fused``           : max | d and top-K of x         -> 2 accesses
+* ``online_topk_fused``         : (m, d) and top-K of x          -> 1 access
+
+The benchmark times each variant over V = v_start, 2 v_start, ... and reports the speedups the
+paper claims: safe/online softmax ("up to 1.3x") and safe-unfused/online-fused softmax+top-K
+("up to 5x").
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+from numba import njit, prange, set_num_threads, config as numba_config
+
+from softrepro.registry import BENCHMARKS
+
+F32 = np.float32
+
+
+@njit(cache=True, inline="always")
+def md_merge(m1, d1, m2, d2):
+    """Merge two partial (max, sum of exp(x - max)) pairs; order independent."""
+    if m1 >= m2:
+        return m1, d1 + d2 * np.exp(m2 - m1)
+    return m2, d2 + d1 * np.exp(m1 - m2)
+
+
+@njit(parallel=True, cache=True)
+def naive_softmax(x, y):
+    for i in prange(x.shape[0]):
+        d = F32(0.0)
+        for j in range(x.shape[1]):
+            d += np.exp(x[i, j])
+        inv = F32(1.0) / d
+        for j in range(x.shape[1]):
+            y[i, j] = np.exp(x[i, j]) * inv
+
+
+@njit(parallel=True, cache=True)
+def safe_softmax(x, y):
+    for i in prange(x.shape[0]):
+        m = F32(-np.inf)
+        for j in range(x.shape[1]):
+            m = max(m, x[i, j])
+        d = F32(0.0)
+        for j in range(x.shape[1]):
+            d += np.exp(x[i, j] - m)
+        inv = F32(1.0) / d
+        for j in range(x.shape[1]):
+            y[i, j] = np.exp(x[i, j] - m) * inv
+
+
+@njit(cache=True, inline="always")
+def _online_md(row):
+    m = F32(-np.inf)
+    d = F32(0.0)
+    for j in range(row.shape[0]):
+        v = row[j]
+        if v > m:
+            d = d * np.exp(m - v) + F32(1.0)
+            m = v
+        else:
+            d += np.exp(v - m)
+    return m, d
+
+
+@njit(parallel=True, cache=True)
+def online_softmax(x, y):
+    for i in prange(x.shape[0]):
+        m, d = _online_md(x[i])
+        inv = F32(1.0) / d
+        for j in range(x.shape[1]):
+            y[i, j] = np.exp(x[i, j] - m) * inv
+
+
+@njit(cache=True, inline="always")
+def _insert(vals, idx, v, j):
+    """Insert (v, j) into the descending top-K lists; equal values keep the lower index first."""
+    k = vals.shape[0]
+    if v <= vals[k - 1]:
+        return
+    p = k - 1
+    while p > 0 and v > vals[p - 1]:
+        vals[p] = vals[p - 1]
+        idx[p] = idx[p - 1]
+        p -= 1
+    vals[p] = v
+    idx[p] = j
+
+
+@njit(parallel=True, cache=True)
+def topk(x, out_idx, out_val):
+    k = out_idx.shape[1]
+    for i in prange(x.shape[0]):
+        vals = np.full(k, -np.inf, dtype=F32)
+        idx = np.full(k, -1, dtype=np.int64)
+        for j in range(x.shape[1]):
+            _insert(vals, idx, x[i, j], j)
+        out_idx[i] = idx
+        out_val[i] = vals
+
+
+def safe_topk_unfused(x, y, out_idx, out_val):
+    """Safe softmax into ``y``, then a separate top-K pass over the probabilities."""
+    safe_softmax(x, y)
+    topk(y, out_idx, out_val)
+
+
+@njit(parallel=True, cache=True)
+def safe_topk_fused(x, out_idx, out_val):
+    k = out_idx.shape[1]
+    for i in prange(x.shape[0]):
+        m = F32(-np.inf)
+        for j in range(x.shape[1]):
+            m = max(m, x[i, j])
+        vals = np.full(k, -np.inf, dtype=F32)
+        idx = np.full(k, -1, dtype=np.int64)
+        d = F32(0.0)
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            d += np.exp(v - m)
+            _insert(vals, idx, v, j)
+        inv = F32(1.0) / d
+        for p in range(k):
+            out_idx[i, p] = idx[p]
+            out_val[i, p] = np.exp(vals[p] - m) * inv
+
+
+@njit(parallel=True, cache=True)
+def online_topk_fused(x, out_idx, out_val):
+    k = out_idx.shape[1]
+    for i in prange(x.shape[0]):
+        vals = np.full(k, -np.inf, dtype=F32)
+        idx = np.full(k, -1, dtype=np.int64)
+        m = F32(-np.inf)
+        d = F32(0.0)
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            if v > m:
+                d = d * np.exp(m - v) + F32(1.0)
+                m = v
+            else:
+                d += np.exp(v - m)
+            _insert(vals, idx, v, j)
+        inv = F32(1.0) / d
+        for p in range(k):
+            out_idx[i, p] = idx[p]
+            out_val[i, p] = np.exp(vals[p] - m) * inv
+
+
+VARIANTS = ("naive", "safe", "online", "topk", "safe_topk_unfused", "safe_topk_fused", "online_topk_fused")
+
+
+def _calls(x, k):
+    y = np.empty_like(x)
+    oi = np.empty((x.shape[0], k), dtype=np.int64)
+    ov = np.empty((x.shape[0], k), dtype=F32)
+    return {
+        "naive": lambda: naive_softmax(x, y),
+        "safe": lambda: safe_softmax(x, y),
+        "online": lambda: online_softmax(x, y),
+        "topk": lambda: topk(x, oi, ov),
+        "safe_topk_unfused": lambda: safe_topk_unfused(x, y, oi, ov),
+        "safe_topk_fused": lambda: safe_topk_fused(x, oi, ov),
+        "online_topk_fused": lambda: online_topk_fused(x, oi, ov),
+    }
+
+
+def _time(fn, min_time_s: float, repeats: int) -> float:
+    """Median over ``repeats`` of the mean time per call, each repeat lasting at least ``min_time_s``."""
+    fn()  # warm caches (and JIT on first use)
+    per_call = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time_s:
+                break
+        per_call.append(elapsed / n)
+    return statistics.median(per_call)
+
+
+@BENCHMARKS.register("online_softmax")
+def run_benchmark(params: dict, seed: int, progress=None) -> tuple[dict, list[dict]]:
+    batch = int(params.get("batch_size", 4000))
+    v_start, v_max, k = int(params.get("v_start", 63)), int(params.get("v_max", 1_000_000)), int(params.get("k", 5))
+    min_time_s, repeats = float(params.get("min_time_s", 0.2)), int(params.get("repeats", 5))
+    max_bytes = int(params.get("max_bytes", 512 << 20))
+    set_num_threads(min(int(params.get("threads", numba_config.NUMBA_NUM_THREADS)), numba_config.NUMBA_NUM_THREADS))
+    sizes = []
+    v = v_start
+    while v <= v_max:
+        sizes.append(v)
+        v *= 2
+    rng = np.random.default_rng(seed)
+    rows, done, total = [], 0, len(sizes) * len(VARIANTS)
+    for V in sizes:
+        b = max(1, min(batch, max_bytes // (4 * V)))
+        x = rng.random((b, V), dtype=F32)  # uniform [0, 1), as the reference benchmark
+        for name, fn in _calls(x, k).items():
+            t = _time(fn, min_time_s, repeats)
+            rows.append({"V": V, "batch": b, "variant": name, "seconds": t, "elements_per_s": V * b / t})
+            done += 1
+            if progress:
+                progress(done, total)
+    t = {(r["V"], r["variant"]): r["seconds"] for r in rows}
+    soft = [t[V, "safe"] / t[V, "online"] for V in sizes]
+    fused = [t[V, "safe_topk_unfused"] / t[V, "online_topk_fused"] for V in sizes]
+    check = rng.random((4, 1000), dtype=F32) * 50
+    ys, yo = np.empty_like(check), np.empty_like(check)
+    safe_softmax(check, ys)
+    online_softmax(check, yo)
+    metrics = {
+        "softmax_speedup_max": float(max(soft)), "softmax_speedup_median": float(statistics.median(soft)),
+        "v_at_softmax_speedup_max": int(sizes[int(np.argmax(soft))]),
+        "topk_speedup_max": float(max(fused)), "topk_speedup_median": float(statistics.median(fused)),
+        "v_at_topk_speedup_max": int(sizes[int(np.argmax(fused))]),
+        "max_abs_err_online_vs_safe": float(np.abs(ys - yo).max()),
+        "n_sizes": len(sizes),
+    }
+    assert all(math.isfinite(val) for val in metrics.values())
+    return metrics, rows

@@ -1,0 +1,79 @@
+"""End to end: the real Snakemake DAG, real DVC, real papermill/nbconvert/WeasyPrint, at scale=smoke."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from pypdf import PdfReader
+
+from softrepro.spec import load_papers
+
+from conftest import make_project
+
+
+def snakemake(root, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=root, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("e2e") / "proj")
+    proc = snakemake(root, "--profile", "workflow/profiles/default", "--cores", "2", "--config", "scale=smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root
+
+
+@pytest.mark.e2e
+def test_smoke_report_names_every_claim(smoke_run):
+    root = smoke_run
+    pdf = root / "results/smoke/report.pdf"
+    text = re.sub(r"\s+", "", "".join(p.extract_text() for p in PdfReader(pdf).pages))
+    ids = [c["id"] for p in load_papers("all", root) for c in p.claims]
+    assert ids
+    missing = [i for i in ids if i not in text]
+    assert not missing, f"claims absent from the PDF: {missing}"
+    assert "notevidence" in text  # the smoke banner
+    html = (root / "results/smoke/report.html").read_text()
+    assert "<img" in html and "import pandas" not in html  # figures in, code cells out
+
+
+@pytest.mark.e2e
+def test_smoke_claims_table_and_not_run(smoke_run):
+    root = smoke_run
+    claims = pd.read_csv(root / "results/smoke/claims.csv")
+    assert set(claims.columns) >= {"published", "reproduced_mean", "ci_low", "ci_high", "n", "verdict", "deviations"}
+    assert (~claims["evidence"]).all()
+    for name in ("fashion-mnist", "mnist"):
+        marker = json.loads((root / f"results/datasets/{name}.json").read_text())
+        rows = claims[claims["experiments"].str.startswith(name.replace("fashion-mnist", "fmnist"))]
+        if marker["available"]:
+            assert (rows["n"] == 2).all(), rows
+        else:
+            assert (rows["verdict"] == "not run: dataset unavailable").all(), rows
+    if os.environ.get("SOFTREPRO_MIRROR"):
+        assert json.loads((root / "results/datasets/fashion-mnist.json").read_text())["available"]
+    assert (root / "data" / "fashion-mnist.dvc").is_file()
+
+
+@pytest.mark.e2e
+def test_finished_dag_has_nothing_left_to_do(smoke_run):
+    proc = snakemake(smoke_run, "--profile", "workflow/profiles/default", "--cores", "2", "--config", "scale=smoke", "-n")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_slurm_profile_is_accepted(tmp_path):
+    root = make_project(tmp_path / "proj")
+    proc = snakemake(root, "--profile", "workflow/profiles/slurm", "--config", "scale=paper", "-n", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "rule run" in out and "gpu=1" in out.replace(" ", "")
+
+
+def test_gpu_profile_dry_run(tmp_path):
+    root = make_project(tmp_path / "proj")
+    proc = snakemake(root, "--profile", "workflow/profiles/gpu", "--config", "scale=paper", "-n", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

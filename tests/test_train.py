@@ -1,0 +1,88 @@
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from softrepro.runner import run_job
+
+from conftest import write_dataset
+
+SPEC = {
+    "id": "tinytest", "title": "Tiny test paper", "arxiv": "0000.00000", "year": 2020,
+    "seed_files": ["004_d8336d9b28eee527.txt"],
+    "experiments": {
+        "tiny": {
+            "kind": "train", "dataset": "fashion-mnist",
+            "model": {"name": "convnet", "channels": [4, 8], "kernel": 3, "hidden": 32, "dropout": 0.5},
+            "loss": {"name": "softmax_ce"}, "optimizer": {"name": "adam", "lr": 0.003},
+            "batch_size": 32, "steps": 30, "log_every": 5, "checkpoint_every": 10, "eval_every": 15,
+            "deviations": ["test fixture"],
+        },
+    },
+    "claims": [{"id": "tiny-acc", "text": "t", "source": "none", "kind": "value", "metric": "test_accuracy",
+                "unit": "percent", "experiment": "tiny", "published": 50.0, "tolerance": {"abs": 1}, "faithful_scales": []}],
+}
+
+
+@pytest.fixture
+def tiny(project):
+    """A project with synthetic IDX data standing in for fashion-mnist and a tiny paper spec."""
+    write_dataset(project / "data" / "fashion-mnist")
+    marker = project / "results" / "datasets" / "fashion-mnist.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"dataset": "fashion-mnist", "available": True}))
+    (project / "configs" / "papers" / "tinytest.yaml").write_text(yaml.safe_dump(SPEC))
+    return project
+
+
+def _run(root, out, seed=0):
+    return run_job(root / "configs/papers/tinytest.yaml", "tiny", seed, "smoke", out, root, progress=False, log=lambda m: None)
+
+
+def test_training_is_deterministic_per_seed_and_learns(tiny):
+    a = _run(tiny, tiny / "a")
+    b = _run(tiny, tiny / "b")
+    c = _run(tiny, tiny / "c", seed=1)
+    assert a["status"] == "ok"
+    assert a["metrics"]["test_accuracy"] == b["metrics"]["test_accuracy"]
+    assert a["metrics"]["test_loss"] == b["metrics"]["test_loss"]
+    assert a["metrics"]["test_loss"] != c["metrics"]["test_loss"]
+    steps = pd.read_csv(tiny / "a" / "steps.csv")
+    assert list(steps["step"]) == [5, 10, 15, 20, 25, 30]
+    assert steps["test_accuracy"].notna().sum() == 2
+    assert a["metrics"]["test_accuracy"] > 0.3  # separable toy data: well above chance (0.1)
+    assert a["provenance"]["device"] == "cpu" and a["deviations"] == ["test fixture"]
+
+
+def _cli(root, out, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "softrepro.cli", "run", "--paper", "tinytest", "--experiment", "tiny",
+                           "--seed", "0", "--scale", "smoke", "--out", str(out), "--no-progress"],
+                          cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_run_killed_mid_training_resumes_and_matches(tiny):
+    reference = _run(tiny, tiny / "ref")
+    out = tiny / "killed"
+    killed = _cli(tiny, out, {"SOFTREPRO_FAULT_AFTER_STEP": "25"})
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    rerun = _cli(tiny, out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed from checkpoint at step 20/30" in rerun.stderr
+    done = json.loads((out / "metrics.json").read_text())
+    assert not (out / "checkpoint.pt").exists()
+    for key in ("test_accuracy", "test_loss", "test_nll"):
+        assert done["metrics"][key] == reference["metrics"][key], key
+
+
+def test_missing_dataset_gives_not_run(tiny):
+    (tiny / "results/datasets/fashion-mnist.json").write_text(
+        json.dumps({"dataset": "fashion-mnist", "available": False, "reason": "dataset unavailable"}))
+    rec = _run(tiny, tiny / "nr")
+    assert rec["status"] == "not_run" and rec["reason"] == "dataset unavailable"
+    assert json.loads((tiny / "nr" / "metrics.json").read_text())["status"] == "not_run"
