@@ -81,6 +81,28 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_timings(args) -> int:
+    """Per-job wall times from Snakemake's benchmark files, as a Markdown table."""
+    import pandas as pd
+
+    base = repo_root() / args.results / args.scale / "benchmarks"
+    rows = []
+    for tsv in sorted(base.glob("*/*/seed*.tsv")):
+        paper, experiment = tsv.parent.parent.name, tsv.parent.name
+        t = pd.read_csv(tsv, sep="\t")
+        rows.append({"paper": paper, "experiment": experiment, "seed": tsv.stem[4:], "s": float(t["s"].iloc[0]),
+                     "max_rss_MB": float(t["max_rss"].iloc[0])})
+    if not rows:
+        print(f"no benchmark files under {base}", file=sys.stderr)
+        return 1
+    df = pd.DataFrame(rows)
+    per = df.groupby(["paper", "experiment"]).agg(jobs=("s", "size"), mean_s=("s", "mean"), total_s=("s", "sum"),
+                                                  max_rss_MB=("max_rss_MB", "max")).reset_index()
+    print(per.round(1).to_markdown(index=False))
+    print(f"\nsum of job times: {df['s'].sum():.0f} s over {len(df)} jobs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="softrepro", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -108,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--papers", default="all")
         s.add_argument("--results", default="results")
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("timings", help="per-job times of a finished scale, as Markdown")
+    s.add_argument("--scale", default="cpu")
+    s.add_argument("--results", default="results")
+    s.set_defaults(fn=_cmd_timings)
 
     s = sub.add_parser("report", help="render the report notebook to HTML and PDF")
     s.add_argument("--scale", default="cpu")
