@@ -100,6 +100,15 @@ def _insert(vals, idx, v, j):
     idx[p] = j
 
 
+@njit(cache=True, inline="always")
+def _store_probs(out_idx, out_val, idx, vals, m, d):
+    """Write the top-K indices and their probabilities exp(u - m) / d for one row."""
+    inv = F32(1.0) / d
+    for p in range(idx.shape[0]):
+        out_idx[p] = idx[p]
+        out_val[p] = np.exp(vals[p] - m) * inv
+
+
 @njit(parallel=True, cache=True)
 def topk(x, out_idx, out_val):
     k = out_idx.shape[1]
@@ -132,10 +141,7 @@ def safe_topk_fused(x, out_idx, out_val):
             v = x[i, j]
             d += np.exp(v - m)
             _insert(vals, idx, v, j)
-        inv = F32(1.0) / d
-        for p in range(k):
-            out_idx[i, p] = idx[p]
-            out_val[i, p] = np.exp(vals[p] - m) * inv
+        _store_probs(out_idx[i], out_val[i], idx, vals, m, d)
 
 
 @njit(parallel=True, cache=True)
@@ -154,10 +160,7 @@ def online_topk_fused(x, out_idx, out_val):
             else:
                 d += np.exp(v - m)
             _insert(vals, idx, v, j)
-        inv = F32(1.0) / d
-        for p in range(k):
-            out_idx[i, p] = idx[p]
-            out_val[i, p] = np.exp(vals[p] - m) * inv
+        _store_probs(out_idx[i], out_val[i], idx, vals, m, d)
 
 
 VARIANTS = ("naive", "safe", "online", "topk", "safe_topk_unfused", "safe_topk_fused", "online_topk_fused")
