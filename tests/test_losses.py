@@ -36,4 +36,4 @@ def test_convnet_shapes():
     m = MODELS.get("convnet")(in_shape=(1, 28, 28), n_classes=10, init="truncnormal")
     assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert m.hidden[0].in_features == 7 * 7 * 64  # the Agarap CNN's flatten size
-    assert float(m.readout.bias[0]) == pytest.approx(0.1)
+    assert float(m.readout.bias[0].detach()) == pytest.approx(0.1)
