@@ -86,3 +86,14 @@ def test_missing_dataset_gives_not_run(tiny):
     rec = _run(tiny, tiny / "nr")
     assert rec["status"] == "not_run" and rec["reason"] == "dataset unavailable"
     assert json.loads((tiny / "nr" / "metrics.json").read_text())["status"] == "not_run"
+
+
+def test_noisy_labels_and_calibration_are_recorded(tiny):
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["tiny"]["noise"] = {"kind": "symmetric", "rate": 0.4}
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    rec = _run(tiny, tiny / "noisy")
+    assert rec["label_noise"]["kind"] == "symmetric" and rec["label_noise"]["flipped"] == 240  # 0.4 * 600
+    m = rec["metrics"]
+    assert 0 <= m["test_ece"] <= 1 and m["test_brier"] > 0 and m["test_nll"] > 0
+    assert sum(b["count"] for b in rec["reliability"]) == m["n_test"] == 200

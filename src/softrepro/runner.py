@@ -85,8 +85,8 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     elif exp["kind"] == "train":
         from softrepro.train import train
 
-        metrics, steps = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log)
-        record.update(status="ok", metrics=metrics)
+        metrics, steps, extras = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log)
+        record.update(status="ok", metrics=metrics, **extras)
     else:
         params = {k: v for k, v in exp["benchmark"].items() if k != "name"}
         params.setdefault("threads", threads)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from softrepro import noise as label_noise
+from softrepro.calibration import calibration_metrics, reliability_bins
 from softrepro.datasets import load_image_classification
 from softrepro.registry import LOSSES, MODELS
 
@@ -50,7 +52,7 @@ def _prepare(x: np.ndarray) -> torch.Tensor:
     return x.unsqueeze(1) if x.ndim == 3 else x
 
 
-def load_data(exp: dict, root: Path, device: torch.device):
+def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
     splits = load_image_classification(exp["dataset"], root)
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     if "train_range" in exp:
@@ -62,8 +64,10 @@ def load_data(exp: dict, root: Path, device: torch.device):
     if "test_subset" in exp:
         xte, yte = xte[: exp["test_subset"]], yte[: exp["test_subset"]]
     n_classes = int(max(ytr.max(), yte.max()) + 1)
+    ytr, noise_record = label_noise.apply(ytr, n_classes, exp.get("noise"), seed)  # training labels only
     to = lambda a: a.to(device)  # noqa: E731
-    return to(_prepare(xtr)), to(torch.from_numpy(ytr)), to(_prepare(xte)), to(torch.from_numpy(yte)), n_classes
+    data = to(_prepare(xtr)), to(torch.from_numpy(ytr)), to(_prepare(xte)), to(torch.from_numpy(yte.astype(np.int64))), n_classes
+    return data, noise_record
 
 
 class BatchStream:
@@ -92,21 +96,25 @@ class BatchStream:
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, x, y, batch: int = 1000) -> dict:
+def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False):
+    """Accuracy, the training loss, and calibration of softmax(outputs) on (x, y)."""
     model.eval()
     correct = correct_sign = 0
-    loss_sum = nll_sum = 0.0
+    loss_sum = 0.0
+    probs = []
     for i in range(0, len(y), batch):
         xb, yb = x[i : i + batch], y[i : i + batch]
         out = model(xb)
         loss_sum += float(loss_fn(out, yb, model)) * len(yb)
-        nll_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        probs.append(F.softmax(out.double(), 1).cpu())
         correct += int((out.argmax(1) == yb).sum())
         correct_sign += int((torch.sign(out).argmax(1) == yb).sum())
     model.train()
     n = len(y)
-    return {"test_accuracy": correct / n, "test_loss": loss_sum / n, "test_nll": nll_sum / n,
-            "test_accuracy_sign_argmax": correct_sign / n}
+    p, t = torch.cat(probs), y.cpu()
+    metrics = {"test_accuracy": correct / n, "test_loss": loss_sum / n, "test_accuracy_sign_argmax": correct_sign / n,
+               **calibration_metrics(p, t)}
+    return (metrics, reliability_bins(p, t)) if reliability else metrics
 
 
 def _make_optimizer(cfg: dict, params):
@@ -120,7 +128,9 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, progress: bool = True, log=print) -> tuple[dict, pd.DataFrame]:
+def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, progress: bool = True,
+          log=print) -> tuple[dict, pd.DataFrame, dict]:
+    """Train and evaluate; returns (scalar metrics, per-step log, extras for metrics.json)."""
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -129,7 +139,7 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     seed_everything(seed)
 
-    xtr, ytr, xte, yte, n_classes = load_data(exp, root, device)
+    (xtr, ytr, xte, yte, n_classes), noise_record = load_data(exp, root, device, seed)
     model_cfg = dict(exp["model"])
     model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(xtr.shape[1:]), n_classes=n_classes, **model_cfg).to(device)
     loss_cfg = dict(exp["loss"])
@@ -197,10 +207,10 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
-    metrics = evaluate(model, loss_fn, xte, yte)
+    metrics, reliability = evaluate(model, loss_fn, xte, yte, reliability=True)
     wall = elapsed_before + time.perf_counter() - t0
     metrics.update(train_loss_final=history[-1]["train_loss"] if history else math.nan, steps=steps,
                    n_train=len(ytr), n_test=len(yte), train_seconds=wall,
                    steps_per_second=(steps - start_step) / max(time.perf_counter() - t0, 1e-9))
     ckpt_path.unlink(missing_ok=True)
-    return metrics, pd.DataFrame(history)
+    return metrics, pd.DataFrame(history), {"label_noise": noise_record, "reliability": reliability}
