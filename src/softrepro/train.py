@@ -66,7 +66,7 @@ def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
     n_classes = int(max(ytr.max(), yte.max()) + 1)
     ytr, noise_record = label_noise.apply(ytr, n_classes, exp.get("noise"), seed)  # training labels only
     to = lambda a: a.to(device)  # noqa: E731
-    data = to(_prepare(xtr)), to(torch.from_numpy(ytr)), to(_prepare(xte)), to(torch.from_numpy(yte.astype(np.int64))), n_classes
+    data = to(_prepare(xtr)), to(torch.from_numpy(ytr)), to(_prepare(xte)), to(torch.from_numpy(yte)), n_classes
     return data, noise_record
 
 

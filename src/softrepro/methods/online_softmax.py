@@ -48,12 +48,18 @@ def naive_softmax(x, y):
             y[i, j] = np.exp(x[i, j]) * inv
 
 
+@njit(cache=True, inline="always")
+def _row_max(row):
+    m = F32(-np.inf)
+    for j in range(row.shape[0]):
+        m = max(m, row[j])
+    return m
+
+
 @njit(parallel=True, cache=True)
 def safe_softmax(x, y):
     for i in prange(x.shape[0]):
-        m = F32(-np.inf)
-        for j in range(x.shape[1]):
-            m = max(m, x[i, j])
+        m = _row_max(x[i])
         d = F32(0.0)
         for j in range(x.shape[1]):
             d += np.exp(x[i, j] - m)
@@ -63,16 +69,19 @@ def safe_softmax(x, y):
 
 
 @njit(cache=True, inline="always")
+def _md_step(m, d, v):
+    """Add one element to the running (max, sum of exp(x - max)) pair."""
+    if v > m:
+        return v, d * np.exp(m - v) + F32(1.0)
+    return m, d + np.exp(v - m)
+
+
+@njit(cache=True, inline="always")
 def _online_md(row):
     m = F32(-np.inf)
     d = F32(0.0)
     for j in range(row.shape[0]):
-        v = row[j]
-        if v > m:
-            d = d * np.exp(m - v) + F32(1.0)
-            m = v
-        else:
-            d += np.exp(v - m)
+        m, d = _md_step(m, d, row[j])
     return m, d
 
 
@@ -101,6 +110,11 @@ def _insert(vals, idx, v, j):
 
 
 @njit(cache=True, inline="always")
+def _empty_topk(k):
+    return np.full(k, -np.inf, dtype=F32), np.full(k, -1, dtype=np.int64)
+
+
+@njit(cache=True, inline="always")
 def _store_probs(out_idx, out_val, idx, vals, m, d):
     """Write the top-K indices and their probabilities exp(u - m) / d for one row."""
     inv = F32(1.0) / d
@@ -113,8 +127,7 @@ def _store_probs(out_idx, out_val, idx, vals, m, d):
 def topk(x, out_idx, out_val):
     k = out_idx.shape[1]
     for i in prange(x.shape[0]):
-        vals = np.full(k, -np.inf, dtype=F32)
-        idx = np.full(k, -1, dtype=np.int64)
+        vals, idx = _empty_topk(k)
         for j in range(x.shape[1]):
             _insert(vals, idx, x[i, j], j)
         out_idx[i] = idx
@@ -131,11 +144,8 @@ def safe_topk_unfused(x, y, out_idx, out_val):
 def safe_topk_fused(x, out_idx, out_val):
     k = out_idx.shape[1]
     for i in prange(x.shape[0]):
-        m = F32(-np.inf)
-        for j in range(x.shape[1]):
-            m = max(m, x[i, j])
-        vals = np.full(k, -np.inf, dtype=F32)
-        idx = np.full(k, -1, dtype=np.int64)
+        m = _row_max(x[i])
+        vals, idx = _empty_topk(k)
         d = F32(0.0)
         for j in range(x.shape[1]):
             v = x[i, j]
@@ -148,18 +158,12 @@ def safe_topk_fused(x, out_idx, out_val):
 def online_topk_fused(x, out_idx, out_val):
     k = out_idx.shape[1]
     for i in prange(x.shape[0]):
-        vals = np.full(k, -np.inf, dtype=F32)
-        idx = np.full(k, -1, dtype=np.int64)
+        vals, idx = _empty_topk(k)
         m = F32(-np.inf)
         d = F32(0.0)
         for j in range(x.shape[1]):
-            v = x[i, j]
-            if v > m:
-                d = d * np.exp(m - v) + F32(1.0)
-                m = v
-            else:
-                d += np.exp(v - m)
-            _insert(vals, idx, v, j)
+            m, d = _md_step(m, d, x[i, j])
+            _insert(vals, idx, x[i, j], j)
         _store_probs(out_idx[i], out_val[i], idx, vals, m, d)
 
 

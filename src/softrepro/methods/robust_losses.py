@@ -38,18 +38,21 @@ def nfl(logits, y, gamma):
     return per_class.gather(1, y[:, None]).squeeze(1) / per_class.sum(1)
 
 
+def _p_y(logits, y, clamp: bool = False):
+    p = F.softmax(logits, 1)
+    return (p.clamp(1e-7, 1.0) if clamp else p).gather(1, y[:, None]).squeeze(1)
+
+
 def mae(logits, y):
-    return 1 - F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    return 1 - _p_y(logits, y)
 
 
 def rce(logits, y):
-    py = F.softmax(logits, 1).clamp(1e-7, 1.0).gather(1, y[:, None]).squeeze(1)
-    return -RCE_A * (1 - py)
+    return -RCE_A * (1 - _p_y(logits, y, clamp=True))
 
 
 def gce(logits, y, q):
-    py = F.softmax(logits, 1).clamp(1e-7, 1.0).gather(1, y[:, None]).squeeze(1)
-    return (1 - py ** q) / q
+    return (1 - _p_y(logits, y, clamp=True) ** q) / q
 
 
 ACTIVE = {"ce": lambda z, y, g: F.cross_entropy(z, y, reduction="none"), "fl": lambda z, y, g: focal(z, y, g),
