@@ -18,10 +18,17 @@ def snakemake(root, *args, timeout=900):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=root, capture_output=True, text=True, timeout=timeout)
 
 
+# The end-to-end run covers one paper of each path through the engine: a dataset that may be
+# unavailable (MNIST), a benchmark, label noise with a matrix grid, a calibration claim, and two
+# papers that share their cross-entropy baseline (one run per seed, linked to both).
+SMOKE_PAPERS = "agarap2017-cnn-svm,milakov2018-online-softmax,ma2020-normalized-losses,muller2019-label-smoothing,tao2023-dual-focal"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("e2e") / "proj")
-    proc = snakemake(root, "--profile", "workflow/profiles/default", "--cores", "2", "--config", "scale=smoke")
+    proc = snakemake(root, "--profile", "workflow/profiles/default", "--cores", "2", "--config", "scale=smoke",
+                     f"papers={SMOKE_PAPERS}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root
 
@@ -31,7 +38,7 @@ def test_smoke_report_names_every_claim(smoke_run):
     root = smoke_run
     pdf = root / "results/smoke/report.pdf"
     text = re.sub(r"\s+", "", "".join(p.extract_text() for p in PdfReader(pdf).pages))
-    ids = [c["id"] for p in load_papers("all", root) for c in p.claims]
+    ids = [c["id"] for p in load_papers(SMOKE_PAPERS, root) for c in p.claims]
     assert ids
     missing = [i for i in ids if i not in text]
     assert not missing, f"claims absent from the PDF: {missing}"
@@ -60,9 +67,28 @@ def test_smoke_claims_table_and_not_run(smoke_run):
 
 @pytest.mark.e2e
 def test_finished_dag_has_nothing_left_to_do(smoke_run):
-    proc = snakemake(smoke_run, "--profile", "workflow/profiles/default", "--cores", "2", "--config", "scale=smoke", "-n")
+    proc = snakemake(smoke_run, "--profile", "workflow/profiles/default", "--cores", "2", "--config", "scale=smoke",
+                     f"papers={SMOKE_PAPERS}", "-n")
     assert proc.returncode == 0
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_smoke_covers_noise_and_calibration_and_shares_the_baseline(smoke_run):
+    root = smoke_run
+    claims = pd.read_csv(root / "results/smoke/claims.csv").set_index("claim")
+    assert claims.loc["apl-beats-ce-fmnist-sym80", "n"] == 2  # a noisy-label claim, judged
+    assert claims.loc["ls-ece-cifar100", "n"] == 2  # a calibration claim, judged
+    assert claims.loc["apl-beats-ce-mnist-sym80", "verdict"].startswith("not run: ")  # cut from the smoke grid
+    a = json.loads((root / "results/smoke/runs/muller2019-label-smoothing/hard-targets/seed0/metrics.json").read_text())
+    b = json.loads((root / "results/smoke/runs/tao2023-dual-focal/ce/seed0/metrics.json").read_text())
+    assert a["run_key"] == b["run_key"] and a["metrics"] == b["metrics"]  # one run, two papers
+    assert a["deviations"] != b["deviations"]  # each keeps its own deviations
+    noisy = json.loads((root / "results/smoke/runs/ma2020-normalized-losses/grid-fmnist-ce-sym80/seed0/metrics.json").read_text())
+    assert noisy["label_noise"]["kind"] == "symmetric" and noisy["label_noise"]["realised_rate"] == pytest.approx(0.8, abs=0.01)
+    runs = {p.parent.name + p.name for p in (root / "results/smoke/cache").glob("*/seed*")}
+    jobs = list((root / "results/smoke/runs").glob("*/*/seed*/metrics.json"))
+    assert len(runs) < len(jobs)
 
 
 def test_slurm_profile_is_accepted(tmp_path):

@@ -65,3 +65,9 @@ def test_ratio_verdicts():
 def test_unequal_pairs_are_an_error():
     with pytest.raises(ValueError, match="paired"):
         judge(CMP, [0.9, 0.9], [0.9])
+
+
+def test_unknown_published_value_is_inconclusive_but_keeps_the_reproduced_numbers():
+    j = judge({**VALUE, "published": None}, [0.90, 0.91, 0.92])
+    assert j.verdict == "inconclusive" and "unknown" in j.note
+    assert j.mean == pytest.approx(91.0) and j.n == 3 and j.ci_low < 91.0 < j.ci_high

@@ -50,7 +50,10 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale) -> pd.DataFrame
             }
             sel = runs[(runs["paper"] == paper.id) & runs["experiment"].isin(exps)] if len(runs) else runs
             not_run = sel[sel["status"] != "ok"] if len(sel) else sel
-            if len(sel) == 0:
+            cut = [e for e, r in resolved.items() if r.get("grid_cut")]
+            if cut:
+                row.update(verdict=f"not run: {', '.join(cut)} not in the {scale.name} grid", n=0)
+            elif len(sel) == 0:
                 row.update(verdict="not run: no runs at this scale", n=0)
             elif len(not_run):
                 row.update(verdict=f"not run: {not_run['reason'].iloc[0]}", n=0)

@@ -39,6 +39,15 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_link(args) -> int:
+    from softrepro.runner import link_job
+
+    root = repo_root()
+    link_job(root / "configs" / "papers" / f"{args.paper}.yaml", args.experiment, args.seed, args.scale,
+             Path(args.out), root, results=args.results)
+    return 0
+
+
 def _cmd_aggregate(args) -> int:
     from softrepro.aggregate import aggregate
     from softrepro.plan import build
@@ -82,24 +91,28 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_timings(args) -> int:
-    """Per-job wall times from Snakemake's benchmark files, as a Markdown table."""
+    """Per-run wall times from Snakemake's benchmark files, as a Markdown table."""
     import pandas as pd
 
-    base = repo_root() / args.results / args.scale / "benchmarks"
+    from softrepro.plan import build
+
+    root = repo_root()
+    sharing = build(args.scale, "all", root, args.results).sharing()
+    base = root / args.results / args.scale / "benchmarks" / "cache"
     rows = []
-    for tsv in sorted(base.glob("*/*/seed*.tsv")):
-        paper, experiment = tsv.parent.parent.name, tsv.parent.name
+    for tsv in sorted(base.glob("*/seed*.tsv")):
+        users = sharing.get(tsv.parent.name, ["(no longer in the specs)"])
         t = pd.read_csv(tsv, sep="\t")
-        rows.append({"paper": paper, "experiment": experiment, "seed": tsv.stem[4:], "s": float(t["s"].iloc[0]),
-                     "max_rss_MB": float(t["max_rss"].iloc[0])})
+        rows.append({"run": users[0] + (f" (+{len(users) - 1} shared)" if len(users) > 1 else ""),
+                     "seed": tsv.stem[4:], "s": float(t["s"].iloc[0]), "max_rss_MB": float(t["max_rss"].iloc[0])})
     if not rows:
         print(f"no benchmark files under {base}", file=sys.stderr)
         return 1
     df = pd.DataFrame(rows)
-    per = df.groupby(["paper", "experiment"]).agg(jobs=("s", "size"), mean_s=("s", "mean"), total_s=("s", "sum"),
-                                                  max_rss_MB=("max_rss_MB", "max")).reset_index()
+    per = df.groupby("run").agg(runs=("s", "size"), mean_s=("s", "mean"), total_s=("s", "sum"),
+                                max_rss_MB=("max_rss_MB", "max")).reset_index()
     print(per.round(1).to_markdown(index=False))
-    print(f"\nsum of job times: {df['s'].sum():.0f} s over {len(df)} jobs")
+    print(f"\nsum of run times: {df['s'].sum():.0f} s over {len(df)} runs")
     return 0
 
 
@@ -122,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--results", default="results")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser("link", help="write a job's record from the run it shares (or its not-run record)")
+    s.add_argument("--paper", required=True)
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--scale", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--results", default="results")
+    s.set_defaults(fn=_cmd_link)
 
     for name, fn, help_ in (("aggregate", _cmd_aggregate, "write runs.csv and claims.csv"),
                             ("plan", _cmd_plan, "list the jobs of a scale")):

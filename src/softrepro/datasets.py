@@ -159,6 +159,8 @@ def _lock(path: Path):
 
 def ensure(name: str, cfg: dict, root: Path, data_dir: str = "data", log=print) -> dict:
     """Make ``<data_dir>/<name>`` present and verified; return the marker describing it."""
+    if cfg["format"] == "sklearn":
+        return _sklearn_marker(name, cfg)
     data = root / data_dir
     target, dvcfile = data / name, data / f"{name}.dvc"
     rel = target.relative_to(root)
@@ -198,6 +200,23 @@ def ensure(name: str, cfg: dict, root: Path, data_dir: str = "data", log=print) 
     return {"dataset": name, "available": True, "source": source, "path": str(rel), "sha256": digests}
 
 
+def _sklearn_bunch(cfg: dict):
+    import sklearn.datasets
+
+    return getattr(sklearn.datasets, cfg["loader"])()
+
+
+def _sklearn_marker(name: str, cfg: dict) -> dict:
+    """scikit-learn ships these datasets; record its version and a digest of the arrays."""
+    import sklearn
+
+    bunch = _sklearn_bunch(cfg)
+    h = hashlib.sha256(np.ascontiguousarray(bunch.data, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(bunch.target, dtype=np.int64).tobytes())
+    return {"dataset": name, "available": True, "source": f"scikit-learn {sklearn.__version__} (bundled)",
+            "shape": list(bunch.data.shape), "sha256": {"data+target": h.hexdigest()}}
+
+
 # ----------------------------------------------------------------------------- loading
 
 def read_idx(path: Path) -> np.ndarray:
@@ -223,3 +242,22 @@ def load_image_classification(name: str, root: Path, data_dir: str = "data") -> 
         y = read_idx(base / f"{prefix}-labels-idx1-ubyte").astype(np.int64)
         out[split] = (x, y)
     return out
+
+
+def load_classification(name: str, cfg: dict, root: Path, seed: int, data_dir: str = "data"):
+    """{'train': (x, y), 'test': (x, y)} for any classification dataset of the registry.
+
+    IDX images come as uint8 [N, H, W] with their published split.  scikit-learn tables come
+    as float64 [N, D], split into train/test stratified by class with ``test_fraction``; the
+    split is seeded by the run's seed, so different seeds also see different splits.
+    """
+    if cfg["format"] == "idx":
+        return load_image_classification(name, root, data_dir)
+    if cfg["format"] == "sklearn":
+        from sklearn.model_selection import train_test_split
+
+        bunch = _sklearn_bunch(cfg)
+        x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
+        xtr, xte, ytr, yte = train_test_split(x, y, test_size=cfg["test_fraction"], stratify=y, random_state=seed)
+        return {"train": (xtr, ytr), "test": (xte, yte)}
+    raise ValueError(f"dataset {name!r}: format {cfg['format']!r} holds no classification data")

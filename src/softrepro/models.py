@@ -16,7 +16,13 @@ def _init(module: nn.Module, init: str) -> None:
                 nn.init.trunc_normal_(m.weight, std=0.1, a=-0.2, b=0.2)
                 nn.init.constant_(m.bias, 0.1)
         return
-    raise ValueError(f"unknown init {init!r} (torch, truncnormal)")
+    if init == "glorot":  # Keras' defaults: glorot-uniform weights, zero biases
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        return
+    raise ValueError(f"unknown init {init!r} (torch, truncnormal, glorot)")
 
 
 class ConvNet(nn.Module):
@@ -34,12 +40,116 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.hidden = nn.Sequential(nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.readout = nn.Linear(hidden, n_classes)
+        self.penultimate: torch.Tensor | None = None
         _init(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.hidden(self.features(x)))
+        self.penultimate = self.hidden(self.features(x))
+        return self.readout(self.penultimate)
 
 
 @MODELS.register("convnet")
 def convnet(in_shape, n_classes, **kw) -> nn.Module:
     return ConvNet(in_shape=in_shape, n_classes=n_classes, **kw)
+
+
+class MLP(nn.Module):
+    """Fully-connected ReLU network: ``hidden`` widths, dropout after each hidden layer, a
+    linear readout (``self.readout``) and an optional output activation (``relu``: the
+    ReLU classifier of Agarap 2018).  ``self.penultimate`` holds the readout's last input."""
+
+    def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256), dropout=0.0, output="linear",
+                 activation="relu", init="torch"):
+        super().__init__()
+        if output not in ("linear", "relu"):
+            raise ValueError(f"unknown output {output!r} (linear, relu)")
+        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+        d, layers = int(torch.tensor(in_shape).prod()), [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(d, width), act()] + ([nn.Dropout(dropout)] if dropout else [])
+            d = width
+        self.body = nn.Sequential(*layers)
+        self.readout = nn.Linear(d, n_classes)
+        self.output = output
+        self.penultimate: torch.Tensor | None = None
+        _init(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.penultimate = self.body(x)
+        out = self.readout(self.penultimate)
+        return torch.relu(out) if self.output == "relu" else out
+
+
+@MODELS.register("mlp")
+def mlp(in_shape, n_classes, **kw) -> nn.Module:
+    return MLP(in_shape=in_shape, n_classes=n_classes, **kw)
+
+
+class VGGNet(nn.Module):
+    """Keras' "VGG-like convnet" example: per block two 'valid' 3x3 ReLU convolutions, a 2x2
+    max-pool and dropout; then a dense ReLU layer with dropout and a linear readout with an
+    optional output activation (``relu`` for Agarap 2018's ReLU classifier)."""
+
+    def __init__(self, in_shape=(1, 16, 16), n_classes=10, blocks=((32, 32), (64, 64)), kernel=3,
+                 block_dropout=0.25, hidden=256, dropout=0.5, output="linear", init="torch"):
+        super().__init__()
+        c, h, w = in_shape
+        layers = []
+        for block in blocks:
+            for out in block:
+                layers += [nn.Conv2d(c, out, kernel), nn.ReLU()]
+                c, h, w = out, h - kernel + 1, w - kernel + 1
+            layers += [nn.MaxPool2d(2), nn.Dropout(block_dropout)]
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"input {in_shape} is too small for {len(blocks)} blocks")
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.hidden = nn.Sequential(nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.readout = nn.Linear(hidden, n_classes)
+        self.output = output
+        self.penultimate: torch.Tensor | None = None
+        _init(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.penultimate = self.hidden(self.features(x))
+        out = self.readout(self.penultimate)
+        return torch.relu(out) if self.output == "relu" else out
+
+
+@MODELS.register("vggnet")
+def vggnet(in_shape, n_classes, **kw) -> nn.Module:
+    kw["blocks"] = tuple(tuple(b) for b in kw.get("blocks", ((32, 32), (64, 64))))
+    return VGGNet(in_shape=in_shape, n_classes=n_classes, **kw)
+
+
+class ToyCNN(nn.Module):
+    """Ma et al. 2020's MNIST network (their ``ToyModel(type='MNIST')``): two blocks of
+    3x3 'same' conv + BatchNorm + ReLU + 2x2 max-pool (32, 64 channels), a 128-unit dense
+    layer with BatchNorm and ReLU, and a linear readout; Kaiming-uniform (fan-in) conv
+    weights and Xavier-uniform dense weights, biases left at torch's defaults."""
+
+    def __init__(self, in_shape=(1, 28, 28), n_classes=10, channels=(32, 64), hidden=128):
+        super().__init__()
+        c, h, w = in_shape
+        layers = []
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.hidden = nn.Sequential(nn.Linear(c * h * w, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.readout = nn.Linear(hidden, n_classes)
+        self.penultimate: torch.Tensor | None = None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.penultimate = self.hidden(self.features(x))
+        return self.readout(self.penultimate)
+
+
+@MODELS.register("toycnn")
+def toycnn(in_shape, n_classes, **kw) -> nn.Module:
+    return ToyCNN(in_shape=in_shape, n_classes=n_classes, **kw)

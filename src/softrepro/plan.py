@@ -1,10 +1,18 @@
-"""What the DAG runs at a scale: one job per (paper, experiment, seed)."""
+"""What the DAG runs at a scale.
+
+A *job* is one (paper, experiment, seed) as the report sees it.  A *run* is what is
+actually computed: jobs whose resolved experiments are identical (same ``run_key``)
+share one run per seed, so the cross-entropy baseline that several papers compare
+against trains once.  Runs live under ``<results>/<scale>/cache/<key>/seed<k>``; each
+job's ``runs/<paper>/<experiment>/seed<k>`` is that run's record with the paper's own
+description and deviations.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from softrepro.spec import Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment
+from softrepro.spec import Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment, run_key
 
 
 @dataclass(frozen=True)
@@ -15,9 +23,13 @@ class Job:
     kind: str  # train | benchmark
     dataset: str | None
     skip: str | None
+    key: str | None = None  # None when the experiment is skipped at this scale
 
     def run_dir(self, results: str, scale: str) -> str:
         return f"{results}/{scale}/runs/{self.paper}/{self.experiment}/seed{self.seed}"
+
+    def cache_dir(self, results: str, scale: str) -> str:
+        return f"{results}/{scale}/cache/{self.key}/seed{self.seed}"
 
 
 @dataclass
@@ -37,6 +49,21 @@ class Plan:
                 return j
         raise KeyError(f"no job {paper}/{experiment}/seed{seed} at scale {self.scale.name}")
 
+    def owner(self, key: str) -> Job:
+        """The first job (in spec order) that needs run ``key``: its spec tells the runner what to compute."""
+        for j in self.jobs:
+            if j.key == key:
+                return j
+        raise KeyError(f"no run {key} at scale {self.scale.name}")
+
+    def sharing(self) -> dict[str, list[str]]:
+        """run key -> the 'paper/experiment' names that use it."""
+        out: dict[str, list[str]] = {}
+        for j in self.jobs:
+            if j.key and f"{j.paper}/{j.experiment}" not in out.setdefault(j.key, []):
+                out[j.key].append(f"{j.paper}/{j.experiment}")
+        return out
+
     def metrics_files(self) -> list[str]:
         return [f"{j.run_dir(self.results, self.scale.name)}/metrics.json" for j in self.jobs]
 
@@ -53,6 +80,9 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
     for paper in specs:
         for name, exp in paper.experiments.items():
             resolved = resolve_experiment(exp, scale)
+            if resolved.get("grid_cut"):
+                continue  # this combination of a matrix is not run at this scale
+            key = None if resolved.get("skip") else run_key(resolved)
             for seed in sc.seeds:
-                jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip")))
+                jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key))
     return Plan(sc, specs, jobs, results)

@@ -47,6 +47,7 @@ class Registry:
 LOSSES = Registry("loss")
 MODELS = Registry("model")
 BENCHMARKS = Registry("benchmark")
+OPTIMIZERS = Registry("optimizer")
 
 _loaded = False
 

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pandas as pd
 from softrepro import __version__
 from softrepro.plan import dataset_marker
 from softrepro.registry import BENCHMARKS
-from softrepro.spec import load_paper, load_scale, resolve_experiment
+from softrepro.spec import load_paper, load_scale, resolve_experiment, run_key
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -68,7 +69,7 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     record = {
         "paper": paper.id, "experiment": experiment, "seed": seed, "scale": scale,
         "evidence": load_scale(scale, root).evidence, "kind": exp["kind"], "config": exp,
-        "deviations": exp["deviations"], "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "deviations": exp["deviations"], "run_key": None if exp.get("skip") else run_key(exp), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "provenance": provenance(root, threads),
     }
     steps = pd.DataFrame()
@@ -108,5 +109,29 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     record["wall_seconds"] = time.perf_counter() - t0
     record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     steps.to_csv(out_dir / "steps.csv", index=False)
+    _write_json_atomic(record, out_dir / "metrics.json")
+    return record
+
+
+def link_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
+             results: str = "results") -> dict:
+    """Write a job's record from the run it shares (``cache/<key>/seed<k>``), with this
+    paper's description and deviations; a job skipped at this scale gets its not-run record."""
+    paper = load_paper(paper_path, root)
+    exp = resolve_experiment(paper.experiments[experiment], scale)
+    if exp.get("skip"):
+        return run_job(paper_path, experiment, seed, scale, out_dir, root, results=results, progress=False,
+                       log=lambda m: None)
+    key = run_key(exp)
+    cache = root / results / scale / "cache" / key / f"seed{seed}"
+    record = json.loads((cache / "metrics.json").read_text())
+    if record.get("run_key") != key:
+        raise RuntimeError(f"{cache}/metrics.json belongs to run {record.get('run_key')!r}, not {key!r}")
+    record.update(paper=paper.id, experiment=experiment, config=exp, deviations=exp["deviations"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = out_dir / "steps.csv"
+    tmp = steps.with_suffix(".csv.tmp")
+    shutil.copyfile(cache / "steps.csv", tmp)
+    os.replace(tmp, steps)
     _write_json_atomic(record, out_dir / "metrics.json")
     return record

@@ -8,6 +8,7 @@ experiment's per-scale overrides, which is all the engine ever reads.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -127,10 +128,22 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         raise SpecError(path, "id", f"{doc['id']!r} does not match the file name {path.stem!r}")
     datasets = datasets if datasets is not None else load_datasets(root)
     exp_schema = {**schema["$defs"]["experiment"], "$defs": schema["$defs"]}
+    expanded = {}
     for name, exp in doc["experiments"].items():
+        if "protocol" in exp:
+            exp = apply_protocol(load_protocol(exp["protocol"], root, path, f"experiments.{name}"), exp)
+        for sub_name, sub in expand_matrix(name, exp, path).items():
+            if sub_name in expanded or (sub_name != name and sub_name in doc["experiments"]):
+                raise SpecError(path, f"experiments.{name}.matrix", f"expands to {sub_name!r}, which already exists")
+            expanded[sub_name] = sub
+    doc["experiments"] = expanded
+    for name, exp in expanded.items():
         where = f"experiments.{name}"
         for scale in SCALES:  # every resolved variant must itself be a valid experiment
-            validate(resolve_experiment(exp, scale), exp_schema, path, prefix=f"{where}(scale={scale})")
+            resolved = {k: v for k, v in resolve_experiment(exp, scale).items() if k != "protocol"}
+            validate(resolved, exp_schema, path, prefix=f"{where}(scale={scale})")
+        if exp.get("skip"):
+            continue  # never runs: nothing to look up
         if exp["kind"] == "train":
             if exp["dataset"] not in datasets:
                 raise SpecError(path, f"{where}.dataset", f"unknown dataset {exp['dataset']!r} (configs/datasets.yaml has {', '.join(datasets)})")
@@ -169,6 +182,84 @@ def load_papers(selection: str | list[str] | None = "all", root: Path | None = N
             raise SpecError(paper_dir, "papers", f"no spec for {', '.join(missing)} (have {', '.join(available)})")
     datasets = load_datasets(root)
     return [load_paper(paper_dir / f"{i}.yaml", root, datasets) for i in ids]
+
+
+def load_protocol(name: str, root: Path, spec_path: Path | None = None, where: str = "protocol") -> dict:
+    """A shared training protocol (``configs/protocols/<name>.yaml``): the experiment keys
+    several papers have in common, so that their common baseline is one run."""
+    path = root / "configs" / "protocols" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml"))) or "none"
+        raise SpecError(spec_path or path, f"{where}.protocol", f"no protocol {name!r} (configs/protocols has {known})")
+    doc = _load_yaml(path)
+    paper = _schema(str(root), "paper")
+    partial = {k: v for k, v in paper["$defs"]["experiment"].items() if k not in ("required", "allOf")}
+    validate(doc, {**partial, "type": "object", "$defs": paper["$defs"]}, path)
+    return doc
+
+
+def apply_protocol(protocol: dict, exp: dict) -> dict:
+    """``exp`` on top of ``protocol``: keys merged (the experiment wins), deviation lists
+    concatenated at the top level and per scale (the protocol's first)."""
+    merged = _deep_merge({k: v for k, v in protocol.items() if k != "description"}, exp)
+    merged["deviations"] = list(protocol.get("deviations", [])) + list(exp.get("deviations", []))
+    for scale in set(protocol.get("scales", {})) | set(exp.get("scales", {})):
+        devs = [*protocol.get("scales", {}).get(scale, {}).get("deviations", []),
+                *exp.get("scales", {}).get(scale, {}).get("deviations", [])]
+        if devs:
+            merged["scales"][scale]["deviations"] = devs
+    return merged
+
+
+def expand_matrix(name: str, exp: dict, path: Path) -> dict[str, dict]:
+    """``matrix: {axis: {label: overrides}}`` -> one experiment per combination of labels,
+    named ``<name>-<label>-<label>...`` (axes in spec order).  ``scales: {s: {matrix: {axis:
+    [labels]}}}`` keeps only those labels at scale ``s``; the others are marked ``grid_cut``
+    there and are not planned at that scale."""
+    if "matrix" not in exp:
+        return {name: exp}
+    axes = exp["matrix"]
+    base = {k: v for k, v in exp.items() if k != "matrix"}
+    keep = {}
+    for scale, over in exp.get("scales", {}).items():
+        for axis, labels in over.get("matrix", {}).items():
+            where = f"experiments.{name}.scales.{scale}.matrix.{axis}"
+            if axis not in axes:
+                raise SpecError(path, where, f"no matrix axis {axis!r} (axes: {', '.join(axes)})")
+            unknown = [lab for lab in labels if lab not in axes[axis]]
+            if unknown:
+                raise SpecError(path, where, f"unknown labels {unknown} (axis has {', '.join(axes[axis])})")
+            keep.setdefault(scale, {})[axis] = set(labels)
+    out = {}
+    for combo in itertools.product(*(list(v.items()) for v in axes.values())):
+        sub = copy.deepcopy(base)
+        for _, overrides in combo:
+            sub = _deep_merge(sub, overrides)
+        labels = dict(zip(axes, (label for label, _ in combo)))
+        sub["scales"] = {s: {k: v for k, v in o.items() if k != "matrix"} for s, o in sub.get("scales", {}).items()}
+        for scale, axes_kept in keep.items():
+            if any(labels[a] not in kept for a, kept in axes_kept.items()):
+                sub["scales"].setdefault(scale, {})["grid_cut"] = True
+        sub["matrix_labels"] = labels
+        out["-".join([name, *labels.values()])] = sub
+    return out
+
+
+# Keys that describe an experiment but do not change what it computes.
+NON_COMPUTING_KEYS = ("deviations", "description", "protocol", "checkpoint_every", "skip", "grid_cut",
+                      "matrix_labels")
+
+
+def run_key(resolved: dict) -> str:
+    """The identity of a run: a readable prefix plus a digest of everything that changes its
+    numbers.  Experiments of different papers with the same key share one run per seed."""
+    import hashlib
+
+    computing = {k: v for k, v in resolved.items() if k not in NON_COMPUTING_KEYS}
+    digest = hashlib.sha256(json.dumps(computing, sort_keys=True).encode()).hexdigest()[:12]
+    what = resolved.get("benchmark", {}).get("name") if resolved["kind"] == "benchmark" else \
+        f"{resolved['dataset']}-{resolved['loss']['name']}"
+    return f"{what}-{digest}".replace("_", "-")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

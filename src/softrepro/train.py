@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from softrepro import noise as label_noise
 from softrepro.calibration import calibration_metrics, reliability_bins
-from softrepro.datasets import load_image_classification
+from softrepro.datasets import load_classification
 from softrepro.registry import LOSSES, MODELS
+from softrepro.spec import load_datasets
 
 FAULT_ENV = "SOFTREPRO_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after that step
 
@@ -47,13 +48,43 @@ def config_hash(exp: dict) -> str:
     return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _prepare(x: np.ndarray) -> torch.Tensor:
-    x = torch.tensor(x, dtype=torch.float32).div_(255.0)
-    return x.unsqueeze(1) if x.ndim == 3 else x
+def _prepare(x: np.ndarray) -> np.ndarray:
+    """Images (uint8) to [0, 1] with a channel axis; tables as float32."""
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+        return x[:, None] if x.ndim == 3 else x
+    return x.astype(np.float32)
+
+
+def preprocess(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None):
+    """Optional ``preprocess: {normalize, standardize, pca, reshape}``; statistics come from the
+    training split only.  ``normalize: [mean, std]`` keeps the shape; the others flatten first."""
+    if not cfg:
+        return xtr, xte
+    if cfg.get("normalize"):
+        mean, std = cfg["normalize"]
+        xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    if not any(cfg.get(k) for k in ("standardize", "pca", "reshape")):
+        return xtr.astype(np.float32), xte.astype(np.float32)
+    xtr, xte = xtr.reshape(len(xtr), -1).astype(np.float64), xte.reshape(len(xte), -1).astype(np.float64)
+    if cfg.get("standardize"):
+        mu, sd = xtr.mean(0), xtr.std(0)
+        sd[sd == 0] = 1.0
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    if cfg.get("pca"):
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=cfg["pca"], svd_solver="full").fit(xtr)  # exact SVD: deterministic
+        xtr, xte = pca.transform(xtr), pca.transform(xte)
+    if cfg.get("reshape"):
+        shape = tuple(cfg["reshape"])
+        xtr, xte = xtr.reshape(len(xtr), *shape), xte.reshape(len(xte), *shape)
+    return xtr.astype(np.float32), xte.astype(np.float32)
 
 
 def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
-    splits = load_image_classification(exp["dataset"], root)
+    name = exp["dataset"]
+    splits = load_classification(name, load_datasets(root)[name], root, seed)
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     if "train_range" in exp:
         lo, hi = exp["train_range"]
@@ -65,8 +96,9 @@ def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
         xte, yte = xte[: exp["test_subset"]], yte[: exp["test_subset"]]
     n_classes = int(max(ytr.max(), yte.max()) + 1)
     ytr, noise_record = label_noise.apply(ytr, n_classes, exp.get("noise"), seed)  # training labels only
-    to = lambda a: a.to(device)  # noqa: E731
-    data = to(_prepare(xtr)), to(torch.from_numpy(ytr)), to(_prepare(xte)), to(torch.from_numpy(yte)), n_classes
+    xtr, xte = preprocess(_prepare(xtr), _prepare(xte), exp.get("preprocess"))
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    data = to(xtr), to(ytr), to(xte), to(yte), n_classes
     return data, noise_record
 
 
@@ -99,7 +131,7 @@ class BatchStream:
 def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False):
     """Accuracy, the training loss, and calibration of softmax(outputs) on (x, y)."""
     model.eval()
-    correct = correct_sign = 0
+    correct = correct_sign = correct_top5 = 0
     loss_sum = 0.0
     probs = []
     for i in range(0, len(y), batch):
@@ -109,17 +141,32 @@ def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False)
         probs.append(F.softmax(out.double(), 1).cpu())
         correct += int((out.argmax(1) == yb).sum())
         correct_sign += int((torch.sign(out).argmax(1) == yb).sum())
+        if out.shape[1] > 5:
+            correct_top5 += int((out.topk(5, 1).indices == yb[:, None]).any(1).sum())
     model.train()
     n = len(y)
     p, t = torch.cat(probs), y.cpu()
     metrics = {"test_accuracy": correct / n, "test_loss": loss_sum / n, "test_accuracy_sign_argmax": correct_sign / n,
                **calibration_metrics(p, t)}
+    if p.shape[1] > 5:
+        metrics["test_top5_accuracy"] = correct_top5 / n
     return (metrics, reliability_bins(p, t)) if reliability else metrics
 
 
 def _make_optimizer(cfg: dict, params):
     kw = {k: v for k, v in cfg.items() if k != "name"}
     return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg["name"]](params, **kw)
+
+
+def _make_schedule(cfg: dict | None, opt, steps: int):
+    """Learning-rate schedule stepped once per training step (``schedule: {name, ...}``)."""
+    if not cfg:
+        return None
+    if cfg["name"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.get("eta_min", 0.0))
+    if cfg["name"] == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg["milestones"], gamma=cfg.get("gamma", 0.1))
+    raise ValueError(f"unknown schedule {cfg['name']!r} (cosine, step)")
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -133,10 +180,10 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     """Train and evaluate; returns (scalar metrics, per-step log, extras for metrics.json)."""
     device = pick_device()
     if device.type == "cpu":
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # CPU kernels are deterministic for a fixed thread count
     else:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # (costs a second of imports: GPU only)
     seed_everything(seed)
 
     (xtr, ytr, xte, yte, n_classes), noise_record = load_data(exp, root, device, seed)
@@ -145,6 +192,8 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     loss_cfg = dict(exp["loss"])
     loss_fn = LOSSES.get(loss_cfg.pop("name"))(**loss_cfg)
     opt = _make_optimizer(exp["optimizer"], model.parameters())
+    sched = _make_schedule(exp.get("schedule"), opt, exp["steps"])
+    clip = exp.get("grad_clip")
 
     steps, batch = exp["steps"], exp["batch_size"]
     log_every = exp.get("log_every", max(1, steps // 50))
@@ -160,6 +209,8 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
         if state["config_hash"] == chash:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(state["schedule"])
             torch.set_rng_state(state["rng_cpu"])
             if device.type == "cuda" and state.get("rng_cuda") is not None:
                 torch.cuda.set_rng_state(state["rng_cuda"])
@@ -178,11 +229,17 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     for step in bar:
         idx = stream.indices(step).to(device)
         xb, yb = xtr[idx], ytr[idx]
+        if hasattr(loss_fn, "set_progress"):  # losses whose weight follows a schedule over training
+            loss_fn.set_progress(step / steps)
         out = model(xb)
         loss = loss_fn(out, yb, model)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        if sched is not None:
+            sched.step()
         win_loss += float(loss.detach())
         win_acc += float((out.detach().argmax(1) == yb).float().mean())
         win_n += 1
@@ -199,6 +256,7 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
             win_n = 0
         if done % ckpt_every == 0 and done < steps:
             _save_atomic({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "schedule": sched.state_dict() if sched is not None else None,
                           "rng_cpu": torch.get_rng_state(),
                           "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                           "history": history, "elapsed": elapsed_before + time.perf_counter() - t0,

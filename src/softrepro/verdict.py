@@ -79,6 +79,10 @@ def judge(claim: dict, a, b=None, faithful: bool = True) -> Judgement:
     a = np.asarray(a, dtype=float) * factor
     kind = claim["kind"]
     note = ""
+    if kind in ("value", "ratio") and claim.get("published") is None:
+        s = summarize(a)
+        return Judgement(**asdict(s), verdict="inconclusive", published=NAN, delta=NAN, p_value=NAN,
+                         note="published value unknown (not found in any source read); reproduced value for reference")
     if kind in ("value", "ratio"):
         s = summarize(a)
         pub = float(claim["published"])

@@ -1,39 +1,74 @@
-# One job per (paper, experiment, seed).  A run is keyed by its resolved configuration
-# (params.config), so editing a claim's text does not retrain; editing the experiment does.
+# Runs and jobs.  A run (rule `run`) is one resolved configuration and seed, computed once
+# however many papers need it: results/<scale>/cache/<key>/seed<k>.  A job (rule `link`) is
+# one (paper, experiment, seed): that run's record with the paper's own deviations, under
+# results/<scale>/runs/<paper>/<experiment>/seed<k>.  params.config is the rerun trigger:
+# editing a claim's text reruns nothing; editing what an experiment computes reruns it.
 
 
-def _job(w):
-    return PLAN.job(w.paper, w.experiment, int(w.seed))
+localrules: link
+
+
+def _owner(w):
+    return PLAN.owner(w.key)
 
 
 def _run_inputs(w):
-    j = _job(w)
-    return [dataset_marker(RESULTS, j.dataset)] if j.dataset and not j.skip else []
+    j = _owner(w)
+    return [dataset_marker(RESULTS, j.dataset)] if j.dataset else []
 
 
-def _resolved(w):
-    paper = next(p for p in PLAN.papers if p.id == w.paper)
-    return json.dumps(resolve_experiment(paper.experiments[w.experiment], w.scale), sort_keys=True)
+def _resolved(paper_id, experiment):
+    paper = next(p for p in PLAN.papers if p.id == paper_id)
+    return json.dumps(resolve_experiment(paper.experiments[experiment], SCALE), sort_keys=True)
+
+
+def _computing(w):
+    j = _owner(w)
+    cfg = json.loads(_resolved(j.paper, j.experiment))
+    return json.dumps({k: v for k, v in cfg.items() if k not in NON_COMPUTING_KEYS}, sort_keys=True)
 
 
 rule run:
     input:
         _run_inputs,
     output:
+        metrics=f"{RESULTS}/{{scale}}/cache/{{key}}/seed{{seed}}/metrics.json",
+        steps=f"{RESULTS}/{{scale}}/cache/{{key}}/seed{{seed}}/steps.csv",
+    params:
+        config=_computing,
+        owner=lambda w: f"--paper {_owner(w).paper} --experiment {_owner(w).experiment}",
+        out=lambda w, output: str(Path(output.metrics).parent),
+    log:
+        f"{RESULTS}/{{scale}}/logs/cache/{{key}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/{{scale}}/benchmarks/cache/{{key}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
+    threads: lambda w: workflow.cores if _owner(w).kind == "benchmark" else PLAN.scale.train_threads
+    resources:
+        gpu=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
+    shell:
+        "{SR} run {params.owner} --seed {wildcards.seed} --scale {wildcards.scale} --out {params.out}"
+        " --threads {threads} --results {RESULTS} 2> {log}"
+
+
+def _link_inputs(w):
+    j = PLAN.job(w.paper, w.experiment, int(w.seed))
+    return [f"{j.cache_dir(RESULTS, w.scale)}/metrics.json", f"{j.cache_dir(RESULTS, w.scale)}/steps.csv"] if j.key else []
+
+
+rule link:
+    input:
+        _link_inputs,
+    output:
         metrics=f"{RESULTS}/{{scale}}/runs/{{paper}}/{{experiment}}/seed{{seed}}/metrics.json",
         steps=f"{RESULTS}/{{scale}}/runs/{{paper}}/{{experiment}}/seed{{seed}}/steps.csv",
     params:
-        config=_resolved,
+        config=lambda w: _resolved(w.paper, w.experiment),
         out=lambda w, output: str(Path(output.metrics).parent),
-    log:
-        f"{RESULTS}/{{scale}}/logs/{{paper}}/{{experiment}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/{{scale}}/benchmarks/{{paper}}/{{experiment}}/seed{{seed}}.tsv"
     wildcard_constraints:
         seed=r"\d+",
-    threads: lambda w: workflow.cores if _job(w).kind == "benchmark" else PLAN.scale.train_threads
-    resources:
-        gpu=lambda w: 1 if PLAN.scale.gpu and _job(w).kind == "train" else 0,
-    shell:
-        "{SR} run --paper {wildcards.paper} --experiment {wildcards.experiment} --seed {wildcards.seed}"
-        " --scale {wildcards.scale} --out {params.out} --threads {threads} --results {RESULTS} 2> {log}"
+    run:
+        # in-process: a copy of a small record is not worth a Python start-up per job
+        link_job(ROOT / "configs" / "papers" / f"{wildcards.paper}.yaml", wildcards.experiment, int(wildcards.seed),
+                 wildcards.scale, Path(params.out), ROOT, results=RESULTS)
