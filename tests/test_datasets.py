@@ -9,7 +9,7 @@ import yaml
 
 from softrepro.datasets import ChecksumError, MIRROR_ENV, ensure, read_idx, sources
 
-from conftest import write_dataset, write_idx
+from conftest import REPO, write_dataset, write_idx
 
 UNREACHABLE = "http://softrepro-test.invalid/tiny"  # .invalid never resolves (RFC 2606)
 
@@ -85,3 +85,18 @@ def test_unreachable_dataset_is_reported_unavailable(project, tmp_path, monkeypa
     assert marker["available"] is False and marker["reason"] == "dataset unavailable"
     assert "softrepro-test.invalid" in marker["detail"]
     assert not (project / "data" / "tiny").exists()
+
+
+def test_sklearn_dataset_marker_and_split(tmp_path):
+    from softrepro.datasets import ensure, load_classification
+    from softrepro.spec import load_datasets
+
+    cfg = load_datasets(REPO)["wdbc"]
+    marker = ensure("wdbc", cfg, tmp_path)
+    assert marker["available"] and marker["source"].startswith("scikit-learn") and marker["shape"] == [569, 30]
+    assert not (tmp_path / "data").exists()  # bundled: nothing downloaded, nothing for DVC
+    a, b = load_classification("wdbc", cfg, tmp_path, seed=0), load_classification("wdbc", cfg, tmp_path, seed=1)
+    (xtr, ytr), (xte, yte) = a["train"], a["test"]
+    assert len(ytr) + len(yte) == 569 and len(yte) == 171
+    assert abs(ytr.mean() - yte.mean()) < 0.01  # stratified
+    assert not np.array_equal(yte, b["test"][1]) or not np.array_equal(xte, b["test"][0])

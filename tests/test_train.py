@@ -66,6 +66,11 @@ def _cli(root, out, env_extra=None):
 
 
 def test_run_killed_mid_training_resumes_and_matches(tiny):
+    # the schedule, the clipping and a loss whose weight follows training progress must all resume exactly
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["tiny"].update(schedule={"name": "cosine", "eta_min": 0.0001}, grad_clip=1.0,
+                                       loss={"name": "maxsup", "alpha": 0.1, "alpha_end": 0.2})
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
     reference = _run(tiny, tiny / "ref")
     out = tiny / "killed"
     killed = _cli(tiny, out, {"SOFTREPRO_FAULT_AFTER_STEP": "25"})
@@ -97,3 +102,37 @@ def test_noisy_labels_and_calibration_are_recorded(tiny):
     m = rec["metrics"]
     assert 0 <= m["test_ece"] <= 1 and m["test_brier"] > 0 and m["test_nll"] > 0
     assert sum(b["count"] for b in rec["reliability"]) == m["n_test"] == 200
+
+
+def test_tabular_dataset_with_preprocessing_and_relu_head(tiny):
+    """WDBC from scikit-learn: per-seed stratified split, standardisation fitted on train only."""
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["tab"] = {
+        "kind": "train", "dataset": "wdbc", "preprocess": {"standardize": True},
+        "model": {"name": "mlp", "hidden": [16], "output": "relu", "init": "glorot"},
+        "loss": {"name": "keras_categorical_ce"}, "optimizer": {"name": "adam", "lr": 0.01},
+        "batch_size": 64, "steps": 60, "deviations": ["test"]}
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    (tiny / "results/datasets/wdbc.json").write_text(json.dumps({"dataset": "wdbc", "available": True}))
+    run = lambda out, seed: run_job(tiny / "configs/papers/tinytest.yaml", "tab", seed, "smoke", tiny / out, tiny,  # noqa: E731
+                                    progress=False, log=lambda m: None)
+    a, b = run("t0", 0), run("t1", 1)
+    assert a["metrics"]["n_train"] == 398 and a["metrics"]["n_test"] == 171  # 569 samples, 30 % test
+    assert a["metrics"]["test_accuracy"] > 0.85  # WDBC is nearly linearly separable
+    assert a["metrics"]["test_loss"] != b["metrics"]["test_loss"]  # another seed, another split
+
+
+def test_preprocess_fits_on_the_training_split_only():
+    import numpy as np
+
+    from softrepro.train import preprocess
+
+    rng = np.random.default_rng(0)
+    xtr, xte = rng.normal(3.0, 2.0, (200, 12)), rng.normal(10.0, 1.0, (50, 12))
+    a, b = preprocess(xtr, xte, {"standardize": True})
+    assert np.allclose(a.mean(0), 0, atol=1e-5) and np.allclose(a.std(0), 1, atol=1e-4)
+    assert b.mean() > 2  # the test split is shifted by the training statistics, not its own
+    a, b = preprocess(xtr, xte, {"standardize": True, "pca": 4, "reshape": [1, 2, 2]})
+    assert a.shape == (200, 1, 2, 2) and b.shape == (50, 1, 2, 2)
+    a2, _ = preprocess(xtr, xte, {"standardize": True, "pca": 4, "reshape": [1, 2, 2]})
+    assert np.array_equal(a, a2)  # exact PCA: deterministic
