@@ -20,8 +20,10 @@ def snakemake(root, *args, timeout=900):
 
 # The end-to-end run covers one paper of each path through the engine: a dataset that may be
 # unavailable (MNIST), a benchmark, label noise with a matrix grid, a calibration claim, and two
-# papers that share their cross-entropy baseline (one run per seed, linked to both).
-SMOKE_PAPERS = "agarap2017-cnn-svm,milakov2018-online-softmax,ma2020-normalized-losses,muller2019-label-smoothing,tao2023-dual-focal"
+# papers that share their cross-entropy baseline (one run per seed, linked to both), and a
+# dynamics claim judged from the per-step log (a threshold reached or not within a step budget).
+SMOKE_PAPERS = ("agarap2017-cnn-svm,milakov2018-online-softmax,ma2020-normalized-losses,muller2019-label-smoothing,"
+                "tao2023-dual-focal,prieto2025-grokking-stablemax")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,11 @@ def test_smoke_covers_noise_and_calibration_and_shares_the_baseline(smoke_run):
     runs = {p.parent.name + p.name for p in (root / "results/smoke/cache").glob("*/seed*")}
     jobs = list((root / "results/smoke/runs").glob("*/*/seed*/metrics.json"))
     assert len(runs) < len(jobs)
+    dyn = claims.loc["ortho-adamw-groks"]  # a threshold on the test-accuracy curve, from steps.csv
+    assert dyn["kind"] == "threshold" and dyn["n"] == 2 and dyn["verdict"] in ("reproduced", "direction holds", "not reproduced", "inconclusive")
+    assert "of 2 seeds reached test_accuracy >= 0.95" in dyn["note"]
+    steps = pd.read_csv(root / "results/smoke/runs/prieto2025-grokking-stablemax/ortho-adamw/seed0/steps.csv")
+    assert {"test_accuracy", "train_sc_fraction"} <= set(steps.columns) and steps["step"].max() == 300
 
 
 def test_slurm_profile_is_accepted(tmp_path):

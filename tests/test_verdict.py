@@ -71,3 +71,37 @@ def test_unknown_published_value_is_inconclusive_but_keeps_the_reproduced_number
     j = judge({**VALUE, "published": None}, [0.90, 0.91, 0.92])
     assert j.verdict == "inconclusive" and "unknown" in j.note
     assert j.mean == pytest.approx(91.0) and j.n == 3 and j.ci_low < 91.0 < j.ci_high
+
+
+THRESH = {"id": "t", "kind": "threshold", "unit": "steps", "log": {"column": "test_accuracy", "at_least": 1.0}}
+
+
+def test_first_step_finds_the_first_logged_crossing_or_inf():
+    from softrepro.verdict import first_step
+
+    assert first_step([10, 20, 30], [0.5, 1.0, 0.9], at_least=1.0) == 20
+    assert first_step([10, 20], [0.5, 0.9], at_least=1.0) == float("inf")
+    assert first_step([10, 20, 30], [3.0, 0.4, 0.1], at_most=0.5) == 20
+    assert first_step([10, 20], [float("nan"), 1.0], at_least=1.0) == 20
+
+
+def test_threshold_reached_within_published_steps():
+    from softrepro.verdict import judge_threshold
+
+    claim = {**THRESH, "expect": "reached", "published": 400}
+    j = judge_threshold(claim, [300, 350, 390], [500] * 3)
+    assert j.verdict == "reproduced" and j.mean == pytest.approx(346.6667, rel=1e-4) and "3 of 3" in j.note
+    assert judge_threshold(claim, [300, 450, 480], [500] * 3).verdict == "direction holds"  # all reach, some late
+    assert judge_threshold(claim, [float("inf")] * 3, [500] * 3).verdict == "not reproduced"
+    assert judge_threshold(claim, [float("inf")] * 3, [500] * 3, faithful=False).verdict == "inconclusive"
+    assert judge_threshold(claim, [300, float("inf"), 390], [500] * 3).verdict == "inconclusive"
+
+
+def test_threshold_not_reached_within_the_budget():
+    from softrepro.verdict import judge_threshold
+
+    claim = {**THRESH, "expect": "not_reached", "published": None}
+    assert judge_threshold(claim, [float("inf")] * 2, [3000] * 2).verdict == "reproduced"
+    assert judge_threshold(claim, [1200, 900], [3000] * 2).verdict == "not reproduced"
+    reached = {**THRESH, "expect": "reached", "published": None}
+    assert judge_threshold(reached, [2900, 100], [3000] * 2).verdict == "reproduced"  # within each run's budget

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from softrepro.spec import Paper, resolve_experiment
-from softrepro.verdict import judge
+from softrepro.verdict import first_step, judge, judge_threshold
 
 CLAIM_COLUMNS = [
     "paper", "claim", "text", "source", "kind", "metric", "unit", "experiments", "published_as_printed",
@@ -35,7 +35,21 @@ def _printed(claim: dict) -> str:
     return "unknown" if pub is None else str(pub)
 
 
-def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale) -> pd.DataFrame:
+def _threshold(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, budget: int, run_root: Path, faithful: bool):
+    """Per seed, the first logged step at which the claim's column reaches its level (from steps.csv)."""
+    level = claim["log"]
+    first, seeds = [], []
+    for seed in sorted(sel["seed"]):
+        log = pd.read_csv(run_root / "runs" / paper.id / exp / f"seed{seed}" / "steps.csv")
+        if level["column"] not in log:
+            raise KeyError(f"{paper.path}: claim {claim['id']!r}: the step log of {exp} has no column {level['column']!r}")
+        rows = log.dropna(subset=[level["column"]])
+        first.append(first_step(rows["step"], rows[level["column"]], level.get("at_least"), level.get("at_most")))
+        seeds.append(seed)
+    return judge_threshold(claim, first, [budget] * len(first), faithful=faithful), seeds
+
+
+def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, run_root: Path | None = None) -> pd.DataFrame:
     out = []
     for paper in papers:
         for claim in paper.claims:
@@ -58,6 +72,15 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale) -> pd.DataFrame
             elif len(not_run):
                 row.update(verdict=f"not run: {not_run['reason'].iloc[0]}", n=0)
             else:
+                if claim["kind"] == "threshold":
+                    j, seeds = _threshold(claim, paper, exps[0], sel, resolved[exps[0]]["steps"], run_root, row["faithful"])
+                    d = j.as_dict()
+                    row.update({k: d[k] for k in ("published", "std", "n", "ci_low", "ci_high", "delta", "p_value",
+                                                  "mean_a", "mean_b", "verdict", "note")})
+                    row["reproduced_mean"] = d["mean"]
+                    row["seeds"] = ",".join(str(s) for s in seeds)
+                    out.append(_finish_row(row, claim, scale))
+                    continue
                 col = f"metric.{claim['metric']}"
                 if col not in sel or sel[col].isna().any():
                     raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {exps} report no metric {claim['metric']!r}")
@@ -73,18 +96,22 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale) -> pd.DataFrame
                                               "mean_a", "mean_b", "verdict", "note")})
                 row["reproduced_mean"] = d["mean"]
                 row["seeds"] = ",".join(str(s) for s in seeds)
-            if claim.get("notes"):
-                row["note"] = " ".join(x for x in (row.get("note"), claim["notes"]) if isinstance(x, str) and x)
-            if not scale.evidence:
-                row["note"] = ("smoke scale: pipeline check, not evidence. " + (row.get("note") or "")).strip()
-            out.append(row)
+            out.append(_finish_row(row, claim, scale))
     return pd.DataFrame(out).reindex(columns=CLAIM_COLUMNS)
+
+
+def _finish_row(row: dict, claim: dict, scale) -> dict:
+    if claim.get("notes"):
+        row["note"] = " ".join(x for x in (row.get("note"), claim["notes"]) if isinstance(x, str) and x)
+    if not scale.evidence:
+        row["note"] = ("smoke scale: pipeline check, not evidence. " + (row.get("note") or "")).strip()
+    return row
 
 
 def aggregate(plan, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     files = [root / f for f in plan.metrics_files()]
     runs = load_runs(files)
-    claims = judge_claims(plan.papers, runs, plan.scale)
+    claims = judge_claims(plan.papers, runs, plan.scale, run_root=root / plan.results / plan.scale.name)
     out = root / plan.results / plan.scale.name
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)

@@ -20,7 +20,8 @@ def _init(module: nn.Module, init: str) -> None:
         for m in module.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         return
     raise ValueError(f"unknown init {init!r} (torch, truncnormal, glorot)")
 
@@ -54,22 +55,22 @@ def convnet(in_shape, n_classes, **kw) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """Fully-connected ReLU network: ``hidden`` widths, dropout after each hidden layer, a
+    """Fully-connected ReLU network: ``hidden`` widths (``bias=False``: no biases anywhere), dropout after each hidden layer, a
     linear readout (``self.readout``) and an optional output activation (``relu``: the
     ReLU classifier of Agarap 2018).  ``self.penultimate`` holds the readout's last input."""
 
     def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256), dropout=0.0, output="linear",
-                 activation="relu", init="torch"):
+                 activation="relu", init="torch", bias=True):
         super().__init__()
         if output not in ("linear", "relu"):
             raise ValueError(f"unknown output {output!r} (linear, relu)")
         act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         d, layers = int(torch.tensor(in_shape).prod()), [nn.Flatten()]
         for width in hidden:
-            layers += [nn.Linear(d, width), act()] + ([nn.Dropout(dropout)] if dropout else [])
+            layers += [nn.Linear(d, width, bias=bias), act()] + ([nn.Dropout(dropout)] if dropout else [])
             d = width
         self.body = nn.Sequential(*layers)
-        self.readout = nn.Linear(d, n_classes)
+        self.readout = nn.Linear(d, n_classes, bias=bias)
         self.output = output
         self.penultimate: torch.Tensor | None = None
         _init(self, init)

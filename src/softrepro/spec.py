@@ -117,7 +117,7 @@ def load_datasets(root: Path | None = None) -> dict[str, dict]:
 
 def load_paper(path: Path, root: Path | None = None, datasets: dict | None = None) -> Paper:
     """Load and fully check one paper spec (schema, cross-references, registered names)."""
-    from softrepro.registry import BENCHMARKS, LOSSES, MODELS
+    from softrepro.registry import BENCHMARKS, LOSSES, MODELS, OPTIMIZERS, PROBES, TASKS
 
     root = root or repo_root()
     path = Path(path)
@@ -147,9 +147,14 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         if exp["kind"] == "train":
             if exp["dataset"] not in datasets:
                 raise SpecError(path, f"{where}.dataset", f"unknown dataset {exp['dataset']!r} (configs/datasets.yaml has {', '.join(datasets)})")
-            for key, registry in (("model", MODELS), ("loss", LOSSES)):
+            for key, registry in (("model", MODELS), ("loss", LOSSES), ("optimizer", OPTIMIZERS)):
                 if exp[key]["name"] not in registry:
                     raise SpecError(path, f"{where}.{key}.name", f"unknown {key} {exp[key]['name']!r} (known: {', '.join(registry.names())})")
+            if exp.get("task", "classification") not in ["classification", *TASKS.names()]:
+                raise SpecError(path, f"{where}.task", f"unknown task {exp['task']!r} (known: classification, {', '.join(TASKS.names())})")
+            for i, probe in enumerate(exp.get("probes", [])):
+                if probe not in PROBES:
+                    raise SpecError(path, f"{where}.probes[{i}]", f"unknown probe {probe!r} (known: {', '.join(PROBES.names())})")
         elif exp["benchmark"]["name"] not in BENCHMARKS:
             raise SpecError(path, f"{where}.benchmark.name", f"unknown benchmark {exp['benchmark']['name']!r} (known: {', '.join(BENCHMARKS.names())})")
     seen = set()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from softrepro import noise as label_noise
 from softrepro.calibration import calibration_metrics, reliability_bins
 from softrepro.datasets import load_classification
-from softrepro.registry import LOSSES, MODELS
+from softrepro.registry import LOSSES, MODELS, OPTIMIZERS, PROBES, TASKS
 from softrepro.spec import load_datasets
 
 FAULT_ENV = "SOFTREPRO_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after that step
@@ -53,7 +53,7 @@ def _prepare(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
         return x[:, None] if x.ndim == 3 else x
-    return x.astype(np.float32)
+    return x.astype(np.int64) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
 
 
 def preprocess(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None):
@@ -61,6 +61,8 @@ def preprocess(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None):
     training split only.  ``normalize: [mean, std]`` keeps the shape; the others flatten first."""
     if not cfg:
         return xtr, xte
+    if cfg.get("binarize") is not None:  # fixed binarisation at a threshold
+        xtr, xte = (xtr > cfg["binarize"]).astype(np.float32), (xte > cfg["binarize"]).astype(np.float32)
     if cfg.get("normalize"):
         mean, std = cfg["normalize"]
         xtr, xte = (xtr - mean) / std, (xte - mean) / std
@@ -83,8 +85,13 @@ def preprocess(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None):
 
 
 def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
+    """Tensors (x_train, y_train, x_test, y_test, n_outputs) on ``device``, and the label-noise record.
+
+    Labels are int64 class indices, or float rows (multi-label proportions) for generated
+    multi-label data; ``targets: inputs`` makes the flattened inputs the targets (autoencoders).
+    """
     name = exp["dataset"]
-    splits = load_classification(name, load_datasets(root)[name], root, seed)
+    splits = load_classification(name, load_datasets(root)[name], root, seed, params=exp.get("data"))
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     if "train_range" in exp:
         lo, hi = exp["train_range"]
@@ -94,12 +101,25 @@ def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
         xtr, ytr = xtr[keep], ytr[keep]
     if "test_subset" in exp:
         xte, yte = xte[: exp["test_subset"]], yte[: exp["test_subset"]]
-    n_classes = int(max(ytr.max(), yte.max()) + 1)
-    ytr, noise_record = label_noise.apply(ytr, n_classes, exp.get("noise"), seed)  # training labels only
+    labels = ytr.ndim == 1
+    n_out = splits.get("n_outputs") or (int(max(ytr.max(), yte.max()) + 1) if labels else ytr.shape[1])
+    noise_record = {"kind": "none", "rate": 0.0, "flipped": 0, "realised_rate": 0.0}
+    if labels:
+        ytr, noise_record = label_noise.apply(ytr, n_out, exp.get("noise"), seed)  # training labels only
     xtr, xte = preprocess(_prepare(xtr), _prepare(xte), exp.get("preprocess"))
-    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    data = to(xtr), to(ytr), to(xte), to(yte), n_classes
-    return data, noise_record
+    if exp.get("targets") == "inputs":
+        ytr, yte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
+        n_out = ytr.shape[1]
+    dtype = DTYPES[exp.get("dtype", "float32")]
+
+    def to(a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return (t.to(dtype) if t.is_floating_point() else t).to(device)
+
+    return (to(xtr), to(ytr), to(xte), to(yte), n_out), noise_record
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class BatchStream:
@@ -153,9 +173,28 @@ def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False)
     return (metrics, reliability_bins(p, t)) if reliability else metrics
 
 
+def evaluate_task(task: str, model, loss_fn, x, y, reliability: bool = False):
+    """Test metrics of ``task``: the built-in classification metrics, or a registered task's."""
+    if task == "classification":
+        return evaluate(model, loss_fn, x, y, reliability=reliability)
+    model.eval()
+    try:
+        metrics = TASKS.get(task)(model, loss_fn, x, y)
+    finally:
+        model.train()
+    return (metrics, None) if reliability else metrics
+
+
+def softmax_collapse_fraction(logits: torch.Tensor) -> float:
+    """Fraction of rows whose softmax is exactly one-hot in the logits' dtype (Prieto et al. 2025's
+    "softmax collapse": sum_k exp(z_k - max z) rounds to 1, so the cross-entropy gradient is 0)."""
+    z = logits.detach()
+    return float(((z - z.max(1, keepdim=True).values).exp().sum(1) == 1).double().mean())
+
+
 def _make_optimizer(cfg: dict, params):
     kw = {k: v for k, v in cfg.items() if k != "name"}
-    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg["name"]](params, **kw)
+    return OPTIMIZERS.get(cfg["name"])(params, **kw)
 
 
 def _make_schedule(cfg: dict | None, opt, steps: int):
@@ -188,9 +227,14 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
 
     (xtr, ytr, xte, yte, n_classes), noise_record = load_data(exp, root, device, seed)
     model_cfg = dict(exp["model"])
-    model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(xtr.shape[1:]), n_classes=n_classes, **model_cfg).to(device)
+    model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(xtr.shape[1:]), n_classes=n_classes, **model_cfg)
+    model = model.to(device=device, dtype=DTYPES[exp.get("dtype", "float32")])
+    task = exp.get("task", "classification")
+    classify = task == "classification"
+    loss_bits = None
     loss_cfg = dict(exp["loss"])
     loss_fn = LOSSES.get(loss_cfg.pop("name"))(**loss_cfg)
+    loss_bits = getattr(loss_fn, "precision", None)  # a loss computed at another precision (e.g. float64 softmax)
     opt = _make_optimizer(exp["optimizer"], model.parameters())
     sched = _make_schedule(exp.get("schedule"), opt, exp["steps"])
     clip = exp.get("grad_clip")
@@ -231,6 +275,8 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
         xb, yb = xtr[idx], ytr[idx]
         if hasattr(loss_fn, "set_progress"):  # losses whose weight follows a schedule over training
             loss_fn.set_progress(step / steps)
+        if hasattr(model, "set_progress"):  # e.g. a temperature annealed over training
+            model.set_progress(step, steps)
         out = model(xb)
         loss = loss_fn(out, yb, model)
         opt.zero_grad(set_to_none=True)
@@ -241,15 +287,18 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
         if sched is not None:
             sched.step()
         win_loss += float(loss.detach())
-        win_acc += float((out.detach().argmax(1) == yb).float().mean())
+        if classify:
+            win_acc += float((out.detach().argmax(1) == yb).float().mean())
         win_n += 1
         done = step + 1
         if done % log_every == 0 or done == steps:
-            row = {"step": done, "train_loss": win_loss / win_n, "train_accuracy": win_acc / win_n,
-                   "elapsed_s": elapsed_before + time.perf_counter() - t0}
+            row = {"step": done, "train_loss": win_loss / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
+            if classify:
+                z = out if loss_bits is None else out.to(DTYPES[f"float{loss_bits}"])
+                row.update(train_accuracy=win_acc / win_n, train_sc_fraction=softmax_collapse_fraction(z))
             if eval_every and (done % eval_every == 0 or done == steps):
-                ev = evaluate(model, loss_fn, xte, yte)
-                row.update(test_accuracy=ev["test_accuracy"], test_loss=ev["test_loss"])
+                ev = evaluate_task(task, model, loss_fn, xte, yte)
+                row.update({k: v for k, v in ev.items() if k in ("test_accuracy", "test_loss") or not classify})
             history.append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}")
             win_loss = win_acc = 0.0
@@ -265,7 +314,19 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
-    metrics, reliability = evaluate(model, loss_fn, xte, yte, reliability=True)
+    metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, reliability=True)
+    if classify:  # softmax collapse over the whole training set, at the loss's precision
+        with torch.no_grad():
+            model.eval()
+            z = torch.cat([model(xtr[i : i + 4096]) for i in range(0, len(xtr), 4096)])
+            model.train()
+        metrics["train_sc_fraction"] = softmax_collapse_fraction(z if loss_bits is None else z.to(DTYPES[f"float{loss_bits}"]))
+    if exp.get("probes"):
+        model.eval()
+        with torch.no_grad():
+            for name in exp["probes"]:
+                metrics.update(PROBES.get(name)(model, xtr, ytr))
+        model.train()
     wall = elapsed_before + time.perf_counter() - t0
     metrics.update(train_loss_final=history[-1]["train_loss"] if history else math.nan, steps=steps,
                    n_train=len(ytr), n_test=len(yte), train_seconds=wall,

@@ -12,6 +12,14 @@ Verdicts (README, "What the verdicts mean"):
 * ``inconclusive``    — too few seeds or too much spread to tell, or a miss at a scale
   whose protocol is cut (a cut protocol cannot refute a paper);
 * ``not run: <why>``  — no run could produce the number (decided by the aggregator).
+
+Threshold claims (``kind: threshold``) are about a run's per-step log: the first logged step
+at which a column reaches a level (e.g. test accuracy 100 %).  ``expect: reached`` is
+*reproduced* when every seed reaches it within the published step count (or the run's budget
+when none is printed), *direction holds* when every seed reaches it but later, *not
+reproduced* when no seed reaches it; ``expect: not_reached`` is *reproduced* when no seed
+reaches it within the run's budget and *not reproduced* when every seed does.  Mixed seeds
+are *inconclusive*.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-UNIT_FACTOR = {"percent": 100.0, "fraction": 1.0, "x": 1.0, "nats": 1.0, "seconds": 1.0}
+UNIT_FACTOR = {"percent": 100.0, "fraction": 1.0, "x": 1.0, "nats": 1.0, "seconds": 1.0, "steps": 1.0}
 VERDICTS = ("reproduced", "direction holds", "not reproduced", "inconclusive")
 NAN = math.nan
 
@@ -131,3 +139,42 @@ def _finish(j: Judgement, faithful: bool) -> Judgement:
         j.verdict = "inconclusive"
         j.note = "missed at a scale whose protocol is cut (see deviations); not evidence against the paper"
     return j
+
+
+def first_step(steps, values, at_least: float | None = None, at_most: float | None = None) -> float:
+    """The first logged step whose value meets the level, or inf if none does."""
+    for step, v in zip(steps, values):
+        if v == v and ((at_least is not None and v >= at_least) or (at_most is not None and v <= at_most)):
+            return float(step)
+    return math.inf
+
+
+def judge_threshold(claim: dict, first: list[float], budgets: list[int], faithful: bool = True) -> Judgement:
+    """Judge a threshold claim from each seed's first step at the level and its step budget."""
+    first = np.asarray(first, dtype=float)
+    n = len(first)
+    reached = np.isfinite(first)
+    pub = claim.get("published")
+    s = summarize(first[reached])
+    level = claim["log"]
+    cond = f"{level['column']} {'>=' if 'at_least' in level else '<='} {level.get('at_least', level.get('at_most'))}"
+    steps_txt = ", ".join("never" if not r else str(int(f)) for f, r in zip(first, reached))
+    note = f"{int(reached.sum())} of {n} seeds reached {cond} (first at: {steps_txt}; budgets {sorted(set(budgets))} steps)"
+    if n == 0:
+        verdict = "inconclusive"
+    elif claim["expect"] == "reached":
+        on_time = reached & (first <= (pub if pub is not None else np.asarray(budgets)))
+        if on_time.all():
+            verdict = "reproduced"
+        elif reached.all():
+            verdict = "direction holds"
+        elif not reached.any():
+            verdict = "not reproduced"
+        else:
+            verdict = "inconclusive"
+    else:
+        verdict = "reproduced" if not reached.any() else "not reproduced" if reached.all() else "inconclusive"
+    j = Judgement(mean=s.mean, std=s.std, n=n, ci_low=s.ci_low, ci_high=s.ci_high, verdict=verdict,
+                  published=NAN if pub is None else float(pub), delta=(s.mean - pub) if pub is not None and s.n else NAN,
+                  p_value=NAN, note=note)
+    return _finish(j, faithful)
