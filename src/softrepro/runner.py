@@ -11,8 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from softrepro import __version__
 from softrepro.plan import dataset_marker
 from softrepro.registry import BENCHMARKS
@@ -72,6 +70,8 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
         "deviations": exp["deviations"], "run_key": None if exp.get("skip") else run_key(exp), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "provenance": provenance(root, threads),
     }
+    import pandas as pd
+
     steps = pd.DataFrame()
     t0 = time.perf_counter()
     reason = exp.get("skip")
@@ -117,7 +117,7 @@ def link_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: 
              results: str = "results") -> dict:
     """Write a job's record from the run it shares (``cache/<key>/seed<k>``), with this
     paper's description and deviations; a job skipped at this scale gets its not-run record."""
-    paper = load_paper(paper_path, root)
+    paper = load_paper(paper_path, root, check_names=False)  # checked when its run was planned
     exp = resolve_experiment(paper.experiments[experiment], scale)
     if exp.get("skip"):
         return run_job(paper_path, experiment, seed, scale, out_dir, root, results=results, progress=False,

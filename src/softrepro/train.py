@@ -203,6 +203,8 @@ def _make_schedule(cfg: dict | None, opt, steps: int):
         return None
     if cfg["name"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.get("eta_min", 0.0))
+    if cfg["name"] == "step" and "step_size" in cfg:
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg.get("gamma", 0.1))
     if cfg["name"] == "step":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg["milestones"], gamma=cfg.get("gamma", 0.1))
     raise ValueError(f"unknown schedule {cfg['name']!r} (cosine, step)")

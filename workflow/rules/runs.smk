@@ -68,7 +68,8 @@ rule link:
         out=lambda w, output: str(Path(output.metrics).parent),
     wildcard_constraints:
         seed=r"\d+",
-    run:
-        # in-process: a copy of a small record is not worth a Python start-up per job
-        link_job(ROOT / "configs" / "papers" / f"{wildcards.paper}.yaml", wildcards.experiment, int(wildcards.seed),
-                 wildcards.scale, Path(params.out), ROOT, results=RESULTS)
+    # a shell command, not a `run:` block: Snakemake spawns a whole Snakemake (re-parsing this
+    # workflow) for each `run:` job, which costs more than this small CLI call
+    shell:
+        "{SR} link --paper {wildcards.paper} --experiment {wildcards.experiment} --seed {wildcards.seed}"
+        " --scale {wildcards.scale} --out {params.out} --results {RESULTS}"

@@ -14,6 +14,12 @@ q = y / |y|_1.  Integer class indices (B,) are taken as one-hot.  Each returns t
 - logistic_multilabel: per-class binary logistic loss on the label support 1[y_k > 0].  It is summed
   over classes per sample, as in the authors' train_multilabel_classifier_lbfgs.py
   (github.com/Unbabel/sparsemax at 27d2a1a); ``class_reduction="mean"`` averages over classes instead.
+
+Each loss callable carries ``predict(out) -> (distribution, label_mask)`` for the ``multilabel`` task
+(softrepro.methods.multilabel), with ONE fixed decision rule each.  The repo tunes these rules on held-out
+data (train_multilabel_classifier_lbfgs.py: sparsemax scale in {1, 1.5, ..., 5}, softmax threshold in
+{1, ..., 10}/K, logistic threshold in {0.05, ..., 0.5}); here they are fixed at sparsemax support at
+scale 1, softmax p > 1/K and logistic sigmoid > 0.5.
 """
 from __future__ import annotations
 
@@ -66,14 +72,37 @@ def sparsemax_loss(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return -(q * z).sum(1) + 0.5 * (support * (z ** 2 - tau ** 2)).sum(1) + 0.5 * (q ** 2).sum(1)
 
 
+def predict_sparsemax(z: torch.Tensor):
+    """(sparsemax(z), its support): the repo's rule at scale 1 (it tunes the scale on dev data)."""
+    p = sparsemax(z.detach())
+    return p, p > 0
+
+
+def predict_softmax(z: torch.Tensor):
+    """(softmax(z), p > 1/K): the repo's smallest threshold (it tunes {1..10}/K on dev data)."""
+    p = F.softmax(z.detach(), 1)
+    return p, p > 1.0 / z.shape[1]
+
+
+def predict_logistic(z: torch.Tensor):
+    """(sigmoid(z) normalised to sum 1, sigmoid(z) > 0.5): threshold 0.5, the largest of the repo's
+    {0.05, ..., 0.5} (it tunes it on dev data)."""
+    s = torch.sigmoid(z.detach())
+    return s / s.sum(1, keepdim=True), s > 0.5
+
+
 @LOSSES.register("sparsemax_loss")
 def make_sparsemax_loss():
-    return lambda z, y, model: sparsemax_loss(z, label_proportions(y, z.shape[1], z.dtype)).mean()
+    fn = lambda z, y, model: sparsemax_loss(z, label_proportions(y, z.shape[1], z.dtype)).mean()  # noqa: E731
+    fn.predict = predict_sparsemax
+    return fn
 
 
 @LOSSES.register("softmax_multilabel_ce")
 def make_softmax_multilabel_ce():
-    return lambda z, y, model: -(label_proportions(y, z.shape[1], z.dtype) * F.log_softmax(z, 1)).sum(1).mean()
+    fn = lambda z, y, model: -(label_proportions(y, z.shape[1], z.dtype) * F.log_softmax(z, 1)).sum(1).mean()  # noqa: E731
+    fn.predict = predict_softmax
+    return fn
 
 
 @LOSSES.register("logistic_multilabel")
@@ -86,4 +115,5 @@ def make_logistic_multilabel(class_reduction: str = "sum"):
         per_class = F.binary_cross_entropy_with_logits(z, labels, reduction="none")
         return (per_class.sum(1) if class_reduction == "sum" else per_class.mean(1)).mean()
 
+    fn.predict = predict_logistic
     return fn
