@@ -49,6 +49,18 @@ def _threshold(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, budget: i
     return judge_threshold(claim, first, [budget] * len(first), faithful=faithful), seeds
 
 
+def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame, faithful: bool):
+    """Judge a claim on a metric of metrics.json, per seed (paired by seed for two experiments)."""
+    col = f"metric.{claim['metric']}"
+    if col not in sel or sel[col].isna().any():
+        raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {exps} report no metric {claim['metric']!r}")
+    per_exp = {e: sel[sel["experiment"] == e].set_index("seed")[col].sort_index() for e in exps}
+    if len(exps) == 1:
+        return judge(claim, per_exp[exps[0]].values, faithful=faithful), per_exp[exps[0]].index
+    seeds = per_exp[exps[0]].index.intersection(per_exp[exps[1]].index)
+    return judge(claim, per_exp[exps[0]][seeds].values, per_exp[exps[1]][seeds].values, faithful=faithful), seeds
+
+
 def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, run_root: Path | None = None) -> pd.DataFrame:
     out = []
     for paper in papers:
@@ -74,23 +86,8 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, run_root: Path 
             else:
                 if claim["kind"] == "threshold":
                     j, seeds = _threshold(claim, paper, exps[0], sel, resolved[exps[0]]["steps"], run_root, row["faithful"])
-                    d = j.as_dict()
-                    row.update({k: d[k] for k in ("published", "std", "n", "ci_low", "ci_high", "delta", "p_value",
-                                                  "mean_a", "mean_b", "verdict", "note")})
-                    row["reproduced_mean"] = d["mean"]
-                    row["seeds"] = ",".join(str(s) for s in seeds)
-                    out.append(_finish_row(row, claim, scale))
-                    continue
-                col = f"metric.{claim['metric']}"
-                if col not in sel or sel[col].isna().any():
-                    raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {exps} report no metric {claim['metric']!r}")
-                per_exp = {e: sel[sel["experiment"] == e].set_index("seed")[col].sort_index() for e in exps}
-                if len(exps) == 1:
-                    j = judge(claim, per_exp[exps[0]].values, faithful=row["faithful"])
-                    seeds = per_exp[exps[0]].index
                 else:
-                    seeds = per_exp[exps[0]].index.intersection(per_exp[exps[1]].index)
-                    j = judge(claim, per_exp[exps[0]][seeds].values, per_exp[exps[1]][seeds].values, faithful=row["faithful"])
+                    j, seeds = _judge_metric(claim, paper, exps, sel, row["faithful"])
                 d = j.as_dict()
                 row.update({k: d[k] for k in ("published", "std", "n", "ci_low", "ci_high", "delta", "p_value",
                                               "mean_a", "mean_b", "verdict", "note")})
