@@ -105,3 +105,14 @@ def test_softmax_collapse_borderline_float32_vs_float64():
     F.cross_entropy(zz, y).backward()
     assert zz.grad[0, 0] == 0 and (zz.grad[0, 1:] > 0).all()
     assert zero_loss_fraction(z, y) == 1.0 and zero_loss_fraction(z, y, precision=64) == 0.0
+
+
+def test_softmax_collapse_probe_uses_the_loss_precision():
+    from softrepro.registry import PROBES
+
+    probe = PROBES.get("softmax_collapse")
+    x = torch.tensor([[20.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 20.0, 0.0], [0.0, 0.0, 0.5]])
+    y = torch.tensor([0, 0, 1, 2])
+    ident = torch.nn.Identity()
+    assert probe(ident, x, y) == {"train_sc_fraction": 0.5}  # float32: the two gap-20 rows collapse
+    assert probe(ident, x, y, loss_fn=LOSSES.get("softmax_ce")(precision=64)) == {"train_sc_fraction": 0.0}

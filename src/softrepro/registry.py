@@ -50,7 +50,7 @@ BENCHMARKS = Registry("benchmark")
 OPTIMIZERS = Registry("optimizer")
 GENERATORS = Registry("dataset generator")  # make(seed, **params) -> {"train": (x, y), "test": (x, y)[, "n_outputs": K]}
 TASKS = Registry("task")  # evaluate(model, loss_fn, x, y) -> {"test_...": float}; "classification" is built in
-PROBES = Registry("probe")  # probe(model, x_train, y_train) -> {metric: float}, run once after training
+PROBES = Registry("probe")  # probe(model, x_train, y_train, loss_fn=...) -> {metric: float}, run once after training
 
 _loaded = False
 
@@ -61,7 +61,7 @@ def load_methods() -> None:
     if _loaded:
         return
     _loaded = True
-    from softrepro import generators, losses, models  # noqa: F401  (built-ins register on import)
+    from softrepro import generators, losses, models, probes  # noqa: F401  (built-ins register on import)
     import softrepro.methods as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):

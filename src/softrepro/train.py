@@ -27,6 +27,7 @@ from tqdm import tqdm
 from softrepro import noise as label_noise
 from softrepro.calibration import calibration_metrics, reliability_bins
 from softrepro.datasets import load_classification
+from softrepro.probes import softmax_collapse_fraction
 from softrepro.registry import LOSSES, MODELS, OPTIMIZERS, PROBES, TASKS
 from softrepro.spec import load_datasets
 
@@ -185,13 +186,6 @@ def evaluate_task(task: str, model, loss_fn, x, y, reliability: bool = False):
     return (metrics, None) if reliability else metrics
 
 
-def softmax_collapse_fraction(logits: torch.Tensor) -> float:
-    """Fraction of rows whose softmax is exactly one-hot in the logits' dtype (Prieto et al. 2025's
-    "softmax collapse": sum_k exp(z_k - max z) rounds to 1, so the cross-entropy gradient is 0)."""
-    z = logits.detach()
-    return float(((z - z.max(1, keepdim=True).values).exp().sum(1) == 1).double().mean())
-
-
 def _make_optimizer(cfg: dict, params):
     kw = {k: v for k, v in cfg.items() if k != "name"}
     return OPTIMIZERS.get(cfg["name"])(params, **kw)
@@ -317,17 +311,11 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     bar.close()
 
     metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, reliability=True)
-    if classify:  # softmax collapse over the whole training set, at the loss's precision
-        with torch.no_grad():
-            model.eval()
-            z = torch.cat([model(xtr[i : i + 4096]) for i in range(0, len(xtr), 4096)])
-            model.train()
-        metrics["train_sc_fraction"] = softmax_collapse_fraction(z if loss_bits is None else z.to(DTYPES[f"float{loss_bits}"]))
-    if exp.get("probes"):
+    if exp.get("probes"):  # opt-in end-of-training measurements on the training set
         model.eval()
         with torch.no_grad():
             for name in exp["probes"]:
-                metrics.update(PROBES.get(name)(model, xtr, ytr))
+                metrics.update(PROBES.get(name)(model, xtr, ytr, loss_fn=loss_fn))
         model.train()
     wall = elapsed_before + time.perf_counter() - t0
     metrics.update(train_loss_final=history[-1]["train_loss"] if history else math.nan, steps=steps,

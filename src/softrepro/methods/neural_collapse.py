@@ -374,14 +374,14 @@ def _features_and_classifier(model: nn.Module, x: torch.Tensor, chunk: int = 409
 
 
 @PROBES.register("neural_collapse")
-def neural_collapse_probe(model, x_train, y_train) -> dict[str, float]:
+def neural_collapse_probe(model, x_train, y_train, loss_fn=None) -> dict[str, float]:
     """``nc_metrics`` on the whole training set. ``bias`` is whether ``model.readout`` has a bias."""
     H, W = _features_and_classifier(model, x_train)
     return nc_metrics(H, y_train, W, bias=model.readout.bias is not None)
 
 
 @PROBES.register("neural_collapse_gof")
-def neural_collapse_gof_probe(model, x_train, y_train) -> dict[str, float]:
+def neural_collapse_gof_probe(model, x_train, y_train, loss_fn=None) -> dict[str, float]:
     """``nc_gof_metrics`` on the training set.
 
     Class counts come from y_train, depth from the number of linear layers, and the decays from

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from softrepro.probes import softmax_collapse_fraction  # noqa: F401  (the engine's SC metric, re-exported)
 from softrepro.registry import LOSSES
 
 DTYPES = {16: torch.float16, 32: torch.float32, 64: torch.float64}
@@ -56,19 +57,6 @@ def stablemax_ce(logits: torch.Tensor, targets: torch.Tensor, precision=64) -> t
 @LOSSES.register("stablemax_ce")
 def make_stablemax_ce(precision: int = 64):
     return lambda z, y, model: stablemax_ce(z, y, precision).mean()
-
-
-def softmax_collapse_fraction(logits: torch.Tensor, targets: torch.Tensor | None = None, precision=None,
-                              correct_only: bool = False) -> float:
-    """Fraction of samples with sum_k exp(z_k - max z) == 1 exactly at ``precision`` (16/32/64 or a
-    dtype; default: the logits' dtype).  This is the official SC metric, which ignores the target.
-    With ``correct_only`` a sample counts only if its argmax is the target (paper Def. 3, sum == e^{z_y})."""
-    z = logits.detach().to(_dtype(precision, logits.dtype))
-    top = z.amax(1, keepdim=True)
-    collapsed = torch.exp(z - top).sum(1) == 1
-    if correct_only:
-        collapsed &= z.argmax(1) == targets.to(z.device)
-    return collapsed.float().mean().item()
 
 
 def zero_loss_fraction(logits: torch.Tensor, targets: torch.Tensor, precision=None) -> float:
