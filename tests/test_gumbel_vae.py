@@ -153,3 +153,13 @@ def test_task_metrics_and_training_lowers_the_neg_elbo(estimator):
     # -log mean(w) <= mean(-log w) (Jensen); mean(-log w) uses the Monte Carlo KL, test_neg_elbo_m the
     # analytic one, so the two are compared with a small allowance
     assert after["test_neg_iw_bound"] <= after["test_neg_elbo_m"] + 0.5
+
+
+def test_evaluation_leaves_the_training_random_stream_alone():
+    model, loss_fn = small_vae(), make_neg_elbo()
+    x, y = images(16)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    first = evaluate_vae(model, loss_fn, x, y)
+    assert torch.equal(torch.get_rng_state(), state)  # mid-run evaluations do not shift training noise
+    assert evaluate_vae(model, loss_fn, x, y) == first  # and are reproducible

@@ -21,9 +21,10 @@ def snakemake(root, *args, timeout=900):
 # The end-to-end run covers one paper of each path through the engine: a dataset that may be
 # unavailable (MNIST), a benchmark, label noise with a matrix grid, a calibration claim, and two
 # papers that share their cross-entropy baseline (one run per seed, linked to both), and a
-# dynamics claim judged from the per-step log (a threshold reached or not within a step budget).
+# dynamics claim judged from the per-step log (a threshold reached or not within a step budget),
+# and a registered non-classification task (the Gumbel-softmax VAE: no training accuracy in its log).
 SMOKE_PAPERS = ("agarap2017-cnn-svm,milakov2018-online-softmax,ma2020-normalized-losses,muller2019-label-smoothing,"
-                "tao2023-dual-focal,prieto2025-grokking-stablemax")
+                "tao2023-dual-focal,prieto2025-grokking-stablemax,jang2016-gumbel-softmax")
 
 
 @pytest.fixture(scope="module")

@@ -136,3 +136,14 @@ def test_preprocess_fits_on_the_training_split_only():
     assert a.shape == (200, 1, 2, 2) and b.shape == (50, 1, 2, 2)
     a2, _ = preprocess(xtr, xte, {"standardize": True, "pca": 4, "reshape": [1, 2, 2]})
     assert np.array_equal(a, a2)  # exact PCA: deterministic
+
+
+def test_evaluations_follow_eval_every_even_off_the_log_grid(tiny):
+    """eval_every need not be a multiple of log_every: every evaluation gets its own row."""
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["tiny"].update(steps=24, log_every=10, eval_every=6)
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    _run(tiny, tiny / "grid")
+    steps = pd.read_csv(tiny / "grid" / "steps.csv")
+    assert list(steps["step"]) == [6, 10, 12, 18, 20, 24]
+    assert list(steps.dropna(subset=["test_accuracy"])["step"]) == [6, 12, 18, 24]

@@ -103,5 +103,7 @@ def test_threshold_not_reached_within_the_budget():
     claim = {**THRESH, "expect": "not_reached", "published": None}
     assert judge_threshold(claim, [float("inf")] * 2, [3000] * 2).verdict == "reproduced"
     assert judge_threshold(claim, [1200, 900], [3000] * 2).verdict == "not reproduced"
+    cut = judge_threshold(claim, [float("inf")] * 2, [1000] * 2, faithful=False)  # a short run proves no "never"
+    assert cut.verdict == "inconclusive" and "cut run" in cut.note
     reached = {**THRESH, "expect": "reached", "published": None}
     assert judge_threshold(reached, [2900, 100], [3000] * 2).verdict == "reproduced"  # within each run's budget

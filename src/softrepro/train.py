@@ -287,12 +287,13 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
             win_acc += float((out.detach().argmax(1) == yb).float().mean())
         win_n += 1
         done = step + 1
-        if done % log_every == 0 or done == steps:
+        evaluate_now = bool(eval_every) and (done % eval_every == 0 or done == steps)
+        if done % log_every == 0 or done == steps or evaluate_now:
             row = {"step": done, "train_loss": win_loss / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:
                 z = out if loss_bits is None else out.to(DTYPES[f"float{loss_bits}"])
                 row.update(train_accuracy=win_acc / win_n, train_sc_fraction=softmax_collapse_fraction(z))
-            if eval_every and (done % eval_every == 0 or done == steps):
+            if evaluate_now:
                 ev = evaluate_task(task, model, loss_fn, xte, yte)
                 row.update({k: v for k, v in ev.items() if k in ("test_accuracy", "test_loss") or not classify})
             history.append(row)

@@ -18,7 +18,8 @@ at which a column reaches a level (e.g. test accuracy 100 %).  ``expect: reached
 *reproduced* when every seed reaches it within the published step count (or the run's budget
 when none is printed), *direction holds* when every seed reaches it but later, *not
 reproduced* when no seed reaches it; ``expect: not_reached`` is *reproduced* when no seed
-reaches it within the run's budget and *not reproduced* when every seed does.  Mixed seeds
+reaches it within the run's budget (at a faithful scale only: a cut run that stops early
+proves nothing about later steps) and *not reproduced* when every seed does.  Mixed seeds
 are *inconclusive*.
 """
 from __future__ import annotations
@@ -174,6 +175,9 @@ def judge_threshold(claim: dict, first: list[float], budgets: list[int], faithfu
             verdict = "inconclusive"
     else:
         verdict = "reproduced" if not reached.any() else "not reproduced" if reached.all() else "inconclusive"
+        if verdict == "reproduced" and not faithful:  # stopping early cannot show that a level is never reached
+            verdict = "inconclusive"
+            note += "; not reached within a cut run (see deviations), which cannot show it is never reached"
     j = Judgement(mean=s.mean, std=s.std, n=n, ci_low=s.ci_low, ci_high=s.ci_high, verdict=verdict,
                   published=NAN if pub is None else float(pub), delta=(s.mean - pub) if pub is not None and s.n else NAN,
                   p_value=NAN, note=note)

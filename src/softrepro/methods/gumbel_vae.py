@@ -185,6 +185,8 @@ def evaluate_vae(model, loss_fn, x, y, batch: int = 1000, eval_samples: int | No
     m = int(eval_samples if eval_samples is not None else getattr(model, "eval_samples", 1))
     if m < 1:
         raise ValueError("eval_samples must be >= 1")
+    if generator is None:  # its own noise: evaluating mid-run must not shift the training run's random stream
+        generator = torch.Generator(device=x.device).manual_seed(0)
     was_training = model.training
     model.eval()
     n = len(x)
