@@ -8,6 +8,17 @@ it returns the Bernoulli logits of p(x|z).
 - ``estimator="gumbel"``: in training z is the continuous relaxed sample softmax((logits + g) / tau).
 - ``estimator="st_gumbel"``: Straight-Through Gumbel-Softmax.  The forward pass gives the one-hot of argmax z,
   and the backward pass uses the gradient of the soft z.
+- ``estimator="score_function"``: the paper's SF baseline.  In training z is an exact categorical sample
+  (the one-hot of argmax(logits + g)) with no gradient through it.  The encoder's whole gradient is the
+  score-function (REINFORCE) term, with the variance normalisation the paper says SF needed ("variance
+  normalization was necessary ... for SF, DARN, and MuProp"), done as in NVIL (Mnih & Gregor 2014): the
+  learning signal l = -log p(x, z) + log q(z|x) of the sample is centred by a running mean c and divided
+  by max(1, sqrt(v)) of a running variance v (c, v <- 0.8 c, v + 0.2 batch mean, variance; started
+  from the first batch).  The analytic KL still gives the loss its value, but not its encoder gradient:
+  differentiating it directly, beside a normalised score term, would let the KL outweigh the
+  reconstruction by the normalising factor.  The decoder is trained by the reconstruction's ordinary
+  gradient.  c and v live in the loss object and are not checkpointed, so a resumed run restarts them
+  from its next batch.
 - In eval mode z is the one-hot of argmax(logits + g), a sample of the categorical q(z|x).  The paper says
   samples are "discretized to one-hot vectors during evaluation".
 - Temperature (paper §4.2 and the notebook): tau = max(tau_min, tau0 * exp(-r * s)), where s is the last
@@ -44,7 +55,7 @@ from softrepro.methods.gumbel import gumbel_softmax_sample
 from softrepro.models import _init
 from softrepro.registry import LOSSES, MODELS, TASKS
 
-ESTIMATORS = ("gumbel", "st_gumbel")
+ESTIMATORS = ("gumbel", "st_gumbel", "score_function")
 
 
 def annealed_tau(step: int, tau0: float = 1.0, tau_min: float = 0.5, anneal_rate: float = 3e-5,
@@ -102,6 +113,8 @@ class CategoricalVAE(nn.Module):
 
     def sample(self, q_logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training: relaxed sample (soft, or hard forward with ST).  Eval: the one-hot of argmax(logits + g)."""
+        if self.training and self.estimator == "score_function":  # an exact categorical sample, no pathwise gradient
+            return gumbel_softmax_sample(q_logits.detach(), 1.0, hard=True, generator=generator).detach()
         hard = self.estimator == "st_gumbel" or not self.training
         return gumbel_softmax_sample(q_logits, self.tau, hard=hard, generator=generator)
 
@@ -136,10 +149,31 @@ def categorical_kl_uniform(q_logits: torch.Tensor) -> torch.Tensor:
 
 class NegELBO:
     """-ELBO = Bernoulli NLL + analytic KL to the uniform prior, batch mean.  After each call
-    ``last_recon_nll`` and ``last_kl`` hold the batch means of the two parts (floats, for logging)."""
+    ``last_recon_nll`` and ``last_kl`` hold the batch means of the two parts (floats, for logging).
+    For a model training with ``estimator="score_function"`` the returned value is the same, and its
+    gradient carries the variance-normalised score-function term (see the module docstring)."""
+
+    SF_DECAY = 0.8  # NVIL's running-average constant
 
     def __init__(self):
         self.last_recon_nll = self.last_kl = float("nan")
+        self.sf_mean: float | None = None
+        self.sf_var: float | None = None
+
+    def score_term(self, recon: torch.Tensor, model) -> torch.Tensor:
+        """((l - c) / max(1, sqrt(v))) * log q(z|x) per example, with l = -log p(x|z) - log p(z) + log q(z|x)
+        (uniform prior: -log p(z) = N log K), detached; updates c and v first."""
+        logq = _onehot_log_q(model.q_logits, model.z)
+        n, k = model.q_logits.shape[-2:]
+        signal = (recon + logq + n * math.log(k)).detach()
+        mean, var = float(signal.mean()), float(signal.var()) if len(signal) > 1 else 0.0
+        if self.sf_mean is None:
+            self.sf_mean, self.sf_var = mean, var
+        else:
+            a = self.SF_DECAY
+            self.sf_mean, self.sf_var = a * self.sf_mean + (1 - a) * mean, a * self.sf_var + (1 - a) * var
+        centred = (signal - self.sf_mean) / max(1.0, math.sqrt(self.sf_var))
+        return centred * logq
 
     def parts(self, outputs, targets, model):
         if getattr(model, "q_logits", None) is None:
@@ -149,6 +183,10 @@ class NegELBO:
     def __call__(self, outputs, targets, model):
         recon, kl = self.parts(outputs, targets, model)
         self.last_recon_nll, self.last_kl = float(recon.detach().mean()), float(kl.detach().mean())
+        if model.training and getattr(model, "estimator", None) == "score_function":
+            surrogate = self.score_term(recon, model).mean()
+            # value: the -ELBO; encoder gradient: the score term only
+            return (recon + kl.detach()).mean() + surrogate - surrogate.detach()
         return (recon + kl).mean()
 
 
