@@ -1,5 +1,5 @@
 # softrepro — two commands do everything:
-#   make reproduce [SCALE=smoke|cpu|paper] [PAPERS=id1,id2] [CORES=all]
+#   make reproduce [SCALE=smoke|cpu|paper] [PAPERS=id1,id2] [CORES=all] [ARGS='extra snakemake options']
 #   make test
 SHELL   := /bin/bash
 PYTHON  ?= python3
@@ -8,6 +8,7 @@ SCALE   ?= cpu
 PAPERS  ?= all
 CORES   ?= all
 PROFILE ?= workflow/profiles/default
+ARGS    ?=
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.softrepro-installed
 
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 reproduce: install
-	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --config scale=$(SCALE) papers=$(PAPERS)
+	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --config scale=$(SCALE) papers=$(PAPERS) $(ARGS)
 	@echo "report: results/$(SCALE)/report.pdf and results/$(SCALE)/report.html"
 
 test: install
