@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from softrepro.losses import precision_dtype
 from softrepro.registry import PROBES
-
-_BITS = {16: torch.float16, 32: torch.float32, 64: torch.float64}
 
 
 def softmax_collapse_fraction(logits: torch.Tensor, targets: torch.Tensor | None = None, precision=None,
@@ -16,8 +15,7 @@ def softmax_collapse_fraction(logits: torch.Tensor, targets: torch.Tensor | None
     is exactly 1 at ``precision`` (16/32/64 or a dtype; default: the logits' dtype), as in the
     official ``logger.compute_softmax_collapse``, which ignores the target.  With ``correct_only``
     a sample counts only if its argmax is the target (the paper's Def. 3, sum == e^{z_y})."""
-    dtype = logits.dtype if precision is None else precision if isinstance(precision, torch.dtype) else _BITS[int(precision)]
-    z = logits.detach().to(dtype)
+    z = logits.detach().to(precision_dtype(precision, logits.dtype))
     collapsed = torch.exp(z - z.amax(1, keepdim=True)).sum(1) == 1
     if correct_only:
         collapsed &= z.argmax(1) == targets.to(z.device)

@@ -227,7 +227,6 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     model = model.to(device=device, dtype=DTYPES[exp.get("dtype", "float32")])
     task = exp.get("task", "classification")
     classify = task == "classification"
-    loss_bits = None
     loss_cfg = dict(exp["loss"])
     loss_fn = LOSSES.get(loss_cfg.pop("name"))(**loss_cfg)
     loss_bits = getattr(loss_fn, "precision", None)  # a loss computed at another precision (e.g. float64 softmax)
@@ -291,8 +290,7 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
         if done % log_every == 0 or done == steps or evaluate_now:
             row = {"step": done, "train_loss": win_loss / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:
-                z = out if loss_bits is None else out.to(DTYPES[f"float{loss_bits}"])
-                row.update(train_accuracy=win_acc / win_n, train_sc_fraction=softmax_collapse_fraction(z))
+                row.update(train_accuracy=win_acc / win_n, train_sc_fraction=softmax_collapse_fraction(out, precision=loss_bits))
             if evaluate_now:
                 ev = evaluate_task(task, model, loss_fn, xte, yte)
                 row.update({k: v for k, v in ev.items() if k in ("test_accuracy", "test_loss") or not classify})

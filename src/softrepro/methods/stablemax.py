@@ -21,16 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from softrepro.losses import precision_dtype
 from softrepro.probes import softmax_collapse_fraction  # noqa: F401  (the engine's SC metric, re-exported)
 from softrepro.registry import LOSSES
-
-DTYPES = {16: torch.float16, 32: torch.float32, 64: torch.float64}
-
-
-def _dtype(precision, default: torch.dtype) -> torch.dtype:
-    if precision is None:
-        return default
-    return precision if isinstance(precision, torch.dtype) else DTYPES[int(precision)]
 
 
 def s(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +43,7 @@ def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def stablemax_ce(logits: torch.Tensor, targets: torch.Tensor, precision=64) -> torch.Tensor:
     """Per-sample -log StableMax(z)_y, computed at ``precision`` (64 as in the official code)."""
-    logp = log_stablemax(logits.to(_dtype(precision, logits.dtype)), dim=1)
+    logp = log_stablemax(logits.to(precision_dtype(precision, logits.dtype)), dim=1)
     return -logp.gather(1, targets.long()[:, None]).squeeze(1)
 
 
@@ -62,6 +55,6 @@ def make_stablemax_ce(precision: int = 64):
 def zero_loss_fraction(logits: torch.Tensor, targets: torch.Tensor, precision=None) -> float:
     """The official ``zero_terms`` metric for softmax CE: the fraction of per-sample losses
     -log_softmax(z)_y that are exactly 0 at ``precision`` (default: the logits' dtype)."""
-    z = logits.detach().to(_dtype(precision, logits.dtype))
+    z = logits.detach().to(precision_dtype(precision, logits.dtype))
     loss = -F.log_softmax(z, 1).gather(1, targets.long().to(z.device)[:, None]).squeeze(1)
     return (loss == 0).float().mean().item()
