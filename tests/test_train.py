@@ -147,3 +147,28 @@ def test_evaluations_follow_eval_every_even_off_the_log_grid(tiny):
     steps = pd.read_csv(tiny / "grid" / "steps.csv")
     assert list(steps["step"]) == [6, 10, 12, 18, 20, 24]
     assert list(steps.dropna(subset=["test_accuracy"])["step"]) == [6, 12, 18, 24]
+
+
+def test_blas_runs_at_the_jobs_thread_count(tmp_path, monkeypatch):
+    """PCA's LAPACK rounding depends on the BLAS thread count, so train() pins it to ``threads``
+    while it runs (and restores it after)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import softrepro.train as tr
+
+    blas = lambda: {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}  # noqa: E731
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def load_data(*args, **kwargs):
+        seen.append(blas())
+        raise Stop
+
+    monkeypatch.setattr(tr, "load_data", load_data)
+    with threadpool_limits(limits=2):  # as a launcher that does not pin BLAS threads leaves it
+        assert blas() == {2}  # numpy brings a BLAS
+        with pytest.raises(Stop):
+            tr.train({}, 0, tmp_path, tmp_path, threads=1, progress=False)
+        assert seen == [{1}] and blas() == {2}  # one thread inside the run, restored after

@@ -35,7 +35,9 @@ def _cpu_model() -> str:
 
 
 def provenance(root: Path, threads: int) -> dict:
+    import numpy as np
     import torch
+    from threadpoolctl import threadpool_info
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -46,6 +48,8 @@ def provenance(root: Path, threads: int) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "numpy": np.__version__,
+        "blas": sorted({f"{p['internal_api']} {p['version']}" for p in threadpool_info() if p["user_api"] == "blas"}),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,

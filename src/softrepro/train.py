@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from softrepro import noise as label_noise
@@ -212,7 +213,17 @@ def _save_atomic(obj, path: Path) -> None:
 
 def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, progress: bool = True,
           log=print) -> tuple[dict, pd.DataFrame, dict]:
-    """Train and evaluate; returns (scalar metrics, per-step log, extras for metrics.json)."""
+    """Train and evaluate; returns (scalar metrics, per-step log, extras for metrics.json).
+
+    numpy/scipy's BLAS and LAPACK (PCA, standardisation) run at the job's thread count, like
+    torch: their rounding depends on it, and a last-bit change in the inputs can turn an
+    unstable run (e.g. the ReLU classifier) into another outcome.  A run started by hand then
+    matches the same run started by Snakemake."""
+    with threadpool_limits(limits=threads):
+        return _train(exp, seed, run_dir, root, threads, progress, log)
+
+
+def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progress: bool, log):
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(threads)  # CPU kernels are deterministic for a fixed thread count
