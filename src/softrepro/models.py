@@ -54,6 +54,15 @@ def convnet(in_shape, n_classes, **kw) -> nn.Module:
     return ConvNet(in_shape=in_shape, n_classes=n_classes, **kw)
 
 
+OUTPUTS = {"linear": nn.Identity, "relu": nn.ReLU}  # relu: the ReLU classifier of Agarap 2018
+
+
+def _output_activation(output: str) -> nn.Module:
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r} ({', '.join(OUTPUTS)})")
+    return OUTPUTS[output]()
+
+
 class MLP(nn.Module):
     """Fully-connected ReLU network: ``hidden`` widths (``bias=False``: no biases anywhere), dropout after each hidden layer, a
     linear readout (``self.readout``) and an optional output activation (``relu``: the
@@ -62,8 +71,6 @@ class MLP(nn.Module):
     def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256), dropout=0.0, output="linear",
                  activation="relu", init="torch", bias=True):
         super().__init__()
-        if output not in ("linear", "relu"):
-            raise ValueError(f"unknown output {output!r} (linear, relu)")
         act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
         d, layers = int(torch.tensor(in_shape).prod()), [nn.Flatten()]
         for width in hidden:
@@ -71,14 +78,13 @@ class MLP(nn.Module):
             d = width
         self.body = nn.Sequential(*layers)
         self.readout = nn.Linear(d, n_classes, bias=bias)
-        self.output = output
+        self.output = _output_activation(output)
         self.penultimate: torch.Tensor | None = None
         _init(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.penultimate = self.body(x)
-        out = self.readout(self.penultimate)
-        return torch.relu(out) if self.output == "relu" else out
+        return self.output(self.readout(self.penultimate))
 
 
 @MODELS.register("mlp")
@@ -107,14 +113,13 @@ class VGGNet(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.hidden = nn.Sequential(nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.readout = nn.Linear(hidden, n_classes)
-        self.output = output
+        self.output = _output_activation(output)
         self.penultimate: torch.Tensor | None = None
         _init(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.penultimate = self.hidden(self.features(x))
-        out = self.readout(self.penultimate)
-        return torch.relu(out) if self.output == "relu" else out
+        return self.output(self.readout(self.penultimate))
 
 
 @MODELS.register("vggnet")

@@ -1,0 +1,38 @@
+"""The plain-torch classifiers shared by the specs: shapes, the optional ReLU output head
+(Agarap 2018's ReLU classifier) and input checks."""
+import pytest
+import torch
+
+from softrepro.registry import MODELS
+
+
+@pytest.mark.parametrize("name,in_shape,kw", [
+    ("mlp", (30,), {"hidden": [16]}),
+    ("vggnet", (1, 16, 16), {"blocks": [[8, 8], [8, 8]], "hidden": 32}),
+])
+def test_relu_output_head_is_the_linear_logits_clipped_at_zero(name, in_shape, kw):
+    torch.manual_seed(0)
+    linear = MODELS.get(name)(in_shape=in_shape, n_classes=10, **kw).eval()
+    relu = MODELS.get(name)(in_shape=in_shape, n_classes=10, output="relu", **kw).eval()
+    relu.load_state_dict(linear.state_dict())  # the head has no parameters: same weights, same keys
+    x = torch.randn(64, *in_shape)
+    z = linear(x)
+    assert z.shape == (64, 10) and (z < 0).any()
+    assert torch.equal(relu(x), z.clamp_min(0))
+    assert relu.penultimate.shape == (64, kw["hidden"][-1] if name == "mlp" else kw["hidden"])
+
+
+@pytest.mark.parametrize("name,in_shape", [("mlp", (30,)), ("vggnet", (1, 16, 16))])
+def test_unknown_output_head_is_refused(name, in_shape):
+    with pytest.raises(ValueError, match="unknown output 'softplus' \\(linear, relu\\)"):
+        MODELS.get(name)(in_shape=in_shape, n_classes=10, output="softplus")
+
+
+def test_vggnet_refuses_an_input_too_small_for_its_blocks():
+    with pytest.raises(ValueError, match="too small"):
+        MODELS.get("vggnet")(in_shape=(1, 8, 8), n_classes=10)
+
+
+def test_mlp_without_bias_has_no_bias_anywhere():
+    m = MODELS.get("mlp")(in_shape=(30,), n_classes=10, hidden=[16, 16], bias=False)
+    assert not [n for n, _ in m.named_parameters() if n.endswith("bias")]
