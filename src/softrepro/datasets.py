@@ -101,11 +101,6 @@ def download_and_verify(name: str, cfg: dict, staging: Path, log=print) -> dict[
             break
         else:
             raise DatasetUnavailable(f"no source reachable for {name}/{fname}: " + "; ".join(errors))
-        if "archive_md5" in fcfg:
-            got = _digest(archive, "md5")
-            if got != fcfg["archive_md5"]:
-                archive.unlink()
-                raise ChecksumError(f"{name}/{fname} (archive)", fcfg["archive_md5"], got, "md5")
         payload = staging / fname
         if fcfg["compression"] == "gzip":
             with gzip.open(archive, "rb") as src_fh, open(payload, "wb") as out:
@@ -114,7 +109,7 @@ def download_and_verify(name: str, cfg: dict, staging: Path, log=print) -> dict[
         else:
             archive.replace(payload)
         digests[fname] = _digest(payload)
-        if "sha256" in fcfg and digests[fname] != fcfg["sha256"]:
+        if digests[fname] != fcfg["sha256"]:
             payload.unlink()
             raise ChecksumError(f"{name}/{fname}", fcfg["sha256"], digests[fname])
     return digests
@@ -128,7 +123,7 @@ def verify_payloads(name: str, cfg: dict, target: Path) -> dict[str, str]:
         if not path.is_file():
             raise FileNotFoundError(path)
         digests[fname] = _digest(path)
-        if "sha256" in fcfg and digests[fname] != fcfg["sha256"]:
+        if digests[fname] != fcfg["sha256"]:
             raise ChecksumError(f"{name}/{fname}", fcfg["sha256"], digests[fname])
     return digests
 
