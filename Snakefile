@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from softrepro.plan import build, dataset_marker
+from softrepro.plan import build
 from softrepro.spec import NON_COMPUTING_KEYS, resolve_experiment
 
 min_version("9.0")
@@ -19,7 +19,8 @@ ROOT = Path(workflow.basedir)
 SCALE = str(config["scale"])
 RESULTS = str(config["results"])
 PAPERS = ",".join(config["papers"]) if isinstance(config["papers"], list) else str(config["papers"])
-PLAN = build(SCALE, PAPERS, ROOT, RESULTS)
+PLAN = build(SCALE, PAPERS, ROOT, RESULTS, int(config.get("seeds_per_job", 0)))
+LAYOUT = PLAN.layout
 SR = f"{sys.executable} -m softrepro.cli"
 
 include: "workflow/rules/data.smk"
@@ -29,5 +30,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        f"{RESULTS}/{SCALE}/report.html",
-        f"{RESULTS}/{SCALE}/report.pdf",
+        LAYOUT.file("report.html"),
+        LAYOUT.file("report.pdf"),

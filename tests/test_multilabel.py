@@ -118,7 +118,9 @@ def np_metrics(p, mask, q):
     Pl = np.divide(mt, pr, out=np.zeros(k), where=pr > 0)
     Rl = np.divide(mt, gd, out=np.zeros(k), where=gd > 0)
     MP, MR = Pl.mean(), Rl.mean()
-    return {"test_jsd": (0.5 * kl_p + 0.5 * kl_q) / (n * k), "test_mse": ((p - q) ** 2).sum() / (n * k),
+    sm = ((p > 0) & g).sum()
+    SP, SR = sm / (p > 0).sum(), sm / g.sum()
+    return {"test_support_f1": 2 * SP * SR / (SP + SR),"test_jsd": (0.5 * kl_p + 0.5 * kl_q) / (n * k), "test_mse": ((p - q) ** 2).sum() / (n * k),
             "test_micro_f1": 2 * P * R / (P + R), "test_macro_f1": 2 * MP * MR / (MP + MR),
             "test_sparsity": (p == 0).mean(), "test_avg_support": mask.sum(1).mean()}
 
@@ -180,7 +182,21 @@ def test_task_metrics_hand_computed_case():
     # per label P = (1, 0, 1), R = (1, 0, 1): macro P = R = 2/3
     assert got["test_macro_f1"] == pytest.approx(2 / 3, abs=1e-12)
     assert got["test_sparsity"] == pytest.approx(3 / 6) and got["test_avg_support"] == pytest.approx(1.5)
+    assert got["test_support_f1"] == pytest.approx(2 / 3, abs=1e-12)  # support of p is the label set here
     assert got["test_loss"] == pytest.approx(0.25)
+
+
+def test_support_f1_scores_zeros_by_where_they_fall():
+    """A full-support output scores 2|g| / (|g| + K); zeros on the wrong labels score below it."""
+    loss_fn = lambda out, y, model: torch.tensor(0.0)  # noqa: E731
+    loss_fn.predict = lambda out: (out, out > 0)
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]], dtype=torch.float64)
+    full = torch.full((2, 4), 0.25, dtype=torch.float64)
+    right = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.6, 0.4, 0.0]], dtype=torch.float64)
+    wrong = torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    f = {name: evaluate_multilabel(Fixed(p), loss_fn, torch.arange(2.0), y)["test_support_f1"]
+         for name, p in (("full", full), ("right", right), ("wrong", wrong))}
+    assert f["full"] == pytest.approx(2 * 3 / (3 + 8)) and f["right"] == pytest.approx(1.0) and f["wrong"] == 0.0
 
 
 def test_macro_f1_is_f1_of_mean_p_and_r_not_mean_of_f1():

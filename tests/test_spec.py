@@ -58,13 +58,13 @@ def test_unknown_scale_is_an_error():
 
 
 def test_resolve_merges_overrides_and_deviations():
-    exp = {"kind": "train", "steps": 100, "model": {"name": "m", "hidden": 8}, "deviations": ["a"],
-           "scales": {"cpu": {"steps": 10, "model": {"hidden": 4}, "deviations": ["b"]}}}
+    exp = {"kind": "train", "steps": 100, "model": {"name": "m", "hidden": 8}, "deviations": ["minor: a"],
+           "scales": {"cpu": {"steps": 10, "model": {"hidden": 4}, "deviations": ["cut: b"]}}}
     cpu = resolve_experiment(exp, "cpu")
-    assert cpu["steps"] == 10 and cpu["model"] == {"name": "m", "hidden": 4} and cpu["deviations"] == ["a", "b"]
+    assert cpu["steps"] == 10 and cpu["model"] == {"name": "m", "hidden": 4} and cpu["deviations"] == ["minor: a", "cut: b"]
     assert "scales" not in cpu
     assert resolve_experiment(exp, "paper")["steps"] == 100
-    assert exp["scales"]["cpu"]["deviations"] == ["b"]  # the spec itself is not mutated
+    assert exp["scales"]["cpu"]["deviations"] == ["cut: b"]  # the spec itself is not mutated
 
 
 def _paper(tmp_path, experiments, claims=None, name="tinyspec"):
@@ -80,12 +80,12 @@ def _paper(tmp_path, experiments, claims=None, name="tinyspec"):
 
 def test_protocol_fills_in_and_deviations_concatenate(tmp_path):
     p = load_paper(_paper(tmp_path, {"x": {"kind": "train", "protocol": "fmnist-mlp", "loss": {"name": "poly1", "epsilon": 1.0},
-                                           "deviations": ["mine"], "scales": {"cpu": {"deviations": ["mine at cpu"]}}}}), REPO)
+                                           "deviations": ["minor: mine"], "scales": {"cpu": {"deviations": ["cut: mine at cpu"]}}}}), REPO)
     cpu = resolve_experiment(p.experiments["x"], "cpu")
     assert cpu["dataset"] == "fashion-mnist" and cpu["loss"] == {"name": "poly1", "epsilon": 1.0}
     assert cpu["steps"] == 3000  # the protocol's cpu override
-    assert cpu["deviations"][0].startswith("shared stand-in protocol") and cpu["deviations"][1] == "mine"
-    assert cpu["deviations"][-2:] == [d for d in cpu["deviations"] if d.startswith("cpu:")] + ["mine at cpu"]
+    assert cpu["deviations"][0].startswith("stand-in: shared stand-in protocol") and cpu["deviations"][1] == "minor: mine"
+    assert cpu["deviations"][-2:] == ["cut: 3,000 steps (6.4 epochs) instead of 14,000", "cut: mine at cpu"]
 
 
 def test_unknown_protocol_names_the_field(tmp_path):
@@ -94,8 +94,8 @@ def test_unknown_protocol_names_the_field(tmp_path):
 
 
 def test_shared_runs_have_one_key_and_a_changed_loss_gets_another(tmp_path):
-    exps = {"ce": {"kind": "train", "protocol": "fmnist-mlp", "deviations": ["paper A's words"]},
-            "ce2": {"kind": "train", "protocol": "fmnist-mlp", "deviations": ["paper B's words"], "description": "other"},
+    exps = {"ce": {"kind": "train", "protocol": "fmnist-mlp", "deviations": ["minor: paper A's words"]},
+            "ce2": {"kind": "train", "protocol": "fmnist-mlp", "deviations": ["minor: paper B's words"], "description": "other"},
             "ls": {"kind": "train", "protocol": "fmnist-mlp", "loss": {"name": "label_smoothing", "alpha": 0.1}, "deviations": []}}
     p = load_paper(_paper(tmp_path, exps), REPO)
     key = {n: run_key(resolve_experiment(e, "cpu")) for n, e in p.experiments.items()}
@@ -133,6 +133,82 @@ def test_grid_cut_experiments_are_not_planned_and_their_claims_say_so():
     plan = build("cpu", "ma2020-normalized-losses", REPO)
     planned = {j.experiment for j in plan.jobs}
     assert "grid-fmnist-ce-sym80" in planned and not any("mnist-" in e and "fmnist" not in e for e in planned)
-    claims = judge_claims(plan.papers, pd.DataFrame(columns=["paper", "experiment", "seed", "status"]), plan.scale)
+    claims, _ = judge_claims(plan.papers, pd.DataFrame(columns=["paper", "experiment", "seed", "status"]), plan.scale)
     row = claims.set_index("claim").loc["apl-beats-ce-mnist-sym80"]
     assert row["verdict"].startswith("not run: ") and "not in the cpu grid" in row["verdict"]
+
+
+def _agarap(tmp_path, mutate, text=None) -> Path:
+    """The committed Agarap 2017 spec, mutated; or ``text`` edited as YAML source."""
+    if text is not None:
+        path = tmp_path / "agarap2017-cnn-svm.yaml"
+        path.write_text(text((REPO / "configs/papers/agarap2017-cnn-svm.yaml").read_text()))
+        return path
+    return _broken(tmp_path, mutate)
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    # a tolerance band that contains 0: no outcome could refute the claimed difference
+    (lambda d: d["claims"][2].update(tolerance={"abs": 1.2}), "claims[2].tolerance", "contains 0"),
+    (lambda d: d["claims"][5].update(tolerance={"rel": 1.0}), "claims[5].tolerance", "contains 0"),
+    # a comparison with neither a direction nor a published pair
+    (lambda d: d["claims"][2].update(published={"a": None, "b": 90.72}), "claims[2].direction", "needs a direction or a published pair"),
+    (lambda d: d["claims"][2].update(direction="less"), "claims[2].direction", "contradicts the published pair"),
+    # faithful where a deviation says otherwise, and faithful but not declared
+    (lambda d: d["claims"][0].update(faithful_scales=["cpu", "paper"]), "claims[0].faithful_scales", "'cut' level there"),
+    (lambda d: d["claims"][0].update(faithful_scales=[]), "claims[0].faithful_scales", "so it is faithful there"),
+    (lambda d: d["experiments"]["fmnist-softmax"]["deviations"].append("stand-in: other data"), "claims[0].faithful_scales",
+     "'stand-in' level there ('stand-in: other data')"),
+    # every deviation says what level it leaves the run at
+    (lambda d: d["experiments"]["fmnist-softmax"]["deviations"].append("untagged words"),
+     "experiments.fmnist-softmax.deviations[2]", "does not match"),
+    # a smoke run is never evidence, so it must be marked cut
+    (lambda d: d["experiments"]["fmnist-softmax"]["scales"]["smoke"].update(deviations=["minor: x"]),
+     "experiments.fmnist-softmax.scales.smoke.deviations", "never evidence"),
+])
+def test_claims_that_cannot_fail_or_mislabel_their_evidence_are_rejected(tmp_path, mutate, field, words):
+    path = _agarap(tmp_path, mutate)
+    with pytest.raises(SpecError) as err:
+        load_paper(path, REPO)
+    msg = str(err.value)
+    assert str(path) in msg and f": {field}:" in msg and words in msg, msg
+
+
+def test_ratio_band_containing_one_is_rejected(tmp_path):
+    exps = {"b": {"kind": "benchmark", "benchmark": {"name": "online_softmax"}, "deviations": [],
+                  "scales": {"smoke": {"deviations": ["cut: small"]}}}}
+    claims = [{"id": "r", "text": "t", "source": "s", "kind": "ratio", "metric": "m", "unit": "x", "experiment": "b",
+               "published": 1.05, "tolerance": {"rel": 0.1}, "faithful_scales": ["cpu", "paper"]}]
+    with pytest.raises(SpecError, match=r"claims\[0\]\.tolerance: claim 'r': the tolerance band .* contains 1"):
+        load_paper(_paper(tmp_path, exps, claims), REPO)
+
+
+def test_duplicate_yaml_keys_are_rejected_anywhere_but_merges_may_override(tmp_path):
+    def dup(text):  # a second `steps:` inside the fmnist-softmax experiment
+        return text.replace("    steps: 10000\n", "    steps: 10000\n    steps: 20000\n", 1)
+    path = _agarap(tmp_path, None, dup)
+    with pytest.raises(SpecError, match=r"agarap2017-cnn-svm\.yaml: \(yaml\): .*duplicate key 'steps'"):
+        load_paper(path, REPO)
+    # `<<: *cnn` followed by `description:` overrides a merged key: that is YAML, not a duplicate
+    assert load_paper(REPO / "configs/papers/agarap2017-cnn-svm.yaml", REPO).experiments["fmnist-svm"]["loss"]["name"] == "l2svm"
+
+
+def test_evidence_level_is_derived_from_the_tagged_deviations():
+    from softrepro.spec import evidence_level
+
+    assert evidence_level([{"deviations": []}]) == "faithful"
+    assert evidence_level([{"deviations": ["minor: PyTorch re-implementation"]}]) == "faithful"
+    assert evidence_level([{"deviations": ["minor: a", "cut: 1,500 of 10,000 steps"]}]) == "cut"
+    assert evidence_level([{"deviations": ["cut: a"]}, {"deviations": ["stand-in: Fashion-MNIST for CIFAR"]}]) == "stand-in"
+    paper = load_paper(REPO / "configs/papers/agarap2017-cnn-svm.yaml", REPO)
+    level = {s: evidence_level([resolve_experiment(paper.experiments["fmnist-softmax"], s)]) for s in ("smoke", "cpu", "paper")}
+    assert level == {"smoke": "cut", "cpu": "cut", "paper": "faithful"}
+    muller = load_paper(REPO / "configs/papers/muller2019-label-smoothing.yaml", REPO)
+    assert all(evidence_level([resolve_experiment(e, "paper")]) == "stand-in" for e in muller.experiments.values())
+
+
+def test_no_committed_claim_has_a_tolerance_band_around_zero():
+    """The validation above, applied to every committed spec (load_papers raises otherwise)."""
+    papers = load_papers("all", REPO)
+    comparisons = [c for p in papers for c in p.claims if c["kind"] == "comparison" and isinstance(c.get("published"), dict)]
+    assert comparisons

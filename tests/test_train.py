@@ -20,7 +20,7 @@ SPEC = {
             "model": {"name": "convnet", "channels": [4, 8], "kernel": 3, "hidden": 32, "dropout": 0.5},
             "loss": {"name": "softmax_ce"}, "optimizer": {"name": "adam", "lr": 0.003},
             "batch_size": 32, "steps": 30, "log_every": 5, "checkpoint_every": 10, "eval_every": 15,
-            "deviations": ["test fixture"],
+            "deviations": ["cut: test fixture"],
         },
     },
     "claims": [{"id": "tiny-acc", "text": "t", "source": "none", "kind": "value", "metric": "test_accuracy",
@@ -55,7 +55,7 @@ def test_training_is_deterministic_per_seed_and_learns(tiny):
     assert list(steps["step"]) == [5, 10, 15, 20, 25, 30]
     assert steps["test_accuracy"].notna().sum() == 2
     assert a["metrics"]["test_accuracy"] > 0.3  # separable toy data: well above chance (0.1)
-    assert a["provenance"]["device"] == "cpu" and a["deviations"] == ["test fixture"]
+    assert a["provenance"]["device"] == "cpu" and a["deviations"] == ["cut: test fixture"]
 
 
 def _cli(root, out, env_extra=None):
@@ -111,7 +111,7 @@ def test_tabular_dataset_with_preprocessing_and_relu_head(tiny):
         "kind": "train", "dataset": "wdbc", "preprocess": {"standardize": True},
         "model": {"name": "mlp", "hidden": [16], "output": "relu", "init": "glorot"},
         "loss": {"name": "keras_categorical_ce"}, "optimizer": {"name": "adam", "lr": 0.01},
-        "batch_size": 64, "steps": 60, "deviations": ["test"]}
+        "batch_size": 64, "steps": 60, "deviations": ["cut: test"]}
     (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
     (tiny / "results/datasets/wdbc.json").write_text(json.dumps({"dataset": "wdbc", "available": True}))
     run = lambda out, seed: run_job(tiny / "configs/papers/tinytest.yaml", "tab", seed, "smoke", tiny / out, tiny,  # noqa: E731

@@ -1,4 +1,6 @@
-"""runs -> runs.csv, and claims -> claims.csv (published beside reproduced, with a verdict)."""
+"""runs -> runs.csv; claims -> claims.csv (published beside reproduced, the evidence level, the
+verdict and what would have refuted it); papers.json (what the report needs from the specs), so
+that nothing after this step reads a spec."""
 from __future__ import annotations
 
 import json
@@ -6,20 +8,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrepro.spec import Paper, resolve_experiment
-from softrepro.verdict import first_step, judge, judge_threshold
+from softrepro.spec import Paper, claim_experiments, claim_metrics, evidence_level, resolve_experiment
+from softrepro.verdict import first_step, judge, judge_threshold, judge_up_to, refutation
 
 CLAIM_COLUMNS = [
-    "paper", "claim", "text", "source", "kind", "metric", "unit", "experiments", "published_as_printed",
-    "published", "reproduced_mean", "std", "n", "ci_low", "ci_high", "delta", "p_value", "mean_a", "mean_b",
-    "verdict", "note", "scale", "faithful", "evidence", "seeds", "deviations",
+    "paper", "claim", "text", "source", "published_from", "kind", "metric", "unit", "experiments",
+    "published_as_printed", "published", "reproduced_mean", "std", "n", "ci_low", "ci_high", "delta", "p_value",
+    "mean_a", "mean_b", "verdict", "note", "scale", "evidence_level", "evidence", "can_fail", "refutation",
+    "seeds", "deviations",
 ]
 
 
 def load_runs(metrics_files: list[str | Path]) -> pd.DataFrame:
+    """One row per job; a job whose record is missing (a partial results folder) reads as not run."""
     rows = []
     for path in metrics_files:
-        rec = json.loads(Path(path).read_text())
+        path = Path(path)
+        if not path.is_file():
+            paper, exp, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
+            rows.append({"paper": paper, "experiment": exp, "seed": seed, "status": "not_run",
+                         "reason": "no run in this results folder"})
+            continue
+        rec = json.loads(path.read_text())
         row = {k: rec.get(k) for k in ("paper", "experiment", "seed", "scale", "kind", "status", "reason", "wall_seconds")}
         row["git_commit"] = rec.get("provenance", {}).get("git_commit")
         row["device"] = rec.get("provenance", {}).get("device")
@@ -35,66 +45,99 @@ def _printed(claim: dict) -> str:
     return "unknown" if pub is None else str(pub)
 
 
-def _threshold(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, budget: int, run_root: Path, faithful: bool):
+def _step_logs(steps_csv, paper: Paper, exp: str, seeds) -> dict[int, pd.DataFrame]:
+    return {s: pd.read_csv(steps_csv(paper.id, exp, s)) for s in sorted(seeds)}
+
+
+def _threshold(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, budget: int, steps_csv, level: str, min_seeds: int):
     """Per seed, the first logged step at which the claim's column reaches its level (from steps.csv)."""
-    level = claim["log"]
-    first, seeds = [], []
-    for seed in sorted(sel["seed"]):
-        log = pd.read_csv(run_root / "runs" / paper.id / exp / f"seed{seed}" / "steps.csv")
-        if level["column"] not in log:
-            raise KeyError(f"{paper.path}: claim {claim['id']!r}: the step log of {exp} has no column {level['column']!r}")
-        rows = log.dropna(subset=[level["column"]])
-        first.append(first_step(rows["step"], rows[level["column"]], level.get("at_least"), level.get("at_most")))
-        seeds.append(seed)
-    return judge_threshold(claim, first, [budget] * len(first), faithful=faithful), seeds
+    log = claim["log"]
+    first = []
+    for seed, steps in _step_logs(steps_csv, paper, exp, sel["seed"]).items():
+        if log["column"] not in steps:
+            raise KeyError(f"{paper.path}: claim {claim['id']!r}: the step log of {exp} has no column {log['column']!r}")
+        rows = steps.dropna(subset=[log["column"]])
+        first.append(first_step(rows["step"], rows[log["column"]], log.get("at_least"), log.get("at_most")))
+    return judge_threshold(claim, first, budget, level=level, min_seeds=min_seeds), sorted(sel["seed"])
 
 
-def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame, faithful: bool):
+def _up_to(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, steps_csv, level: str, min_seeds: int):
+    col, over = claim["up_to"]["column"], claim["up_to"]["over"]
+    logs = _step_logs(steps_csv, paper, exp, sel["seed"])
+    table = pd.concat(logs.values(), ignore_index=True)
+    if col not in table or over not in table:
+        raise KeyError(f"{paper.path}: claim {claim['id']!r}: the step log of {exp} has no columns {col!r} and {over!r}")
+    j, curve = judge_up_to(claim, table[over], table[col], n_seeds=len(logs), level=level, min_seeds=min_seeds)
+    return j, sorted(logs), curve
+
+
+def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame, level: str, min_seeds: int, deterministic: bool):
     """Judge a claim on a metric of metrics.json, per seed (paired by seed for two experiments)."""
-    col = f"metric.{claim['metric']}"
-    if col not in sel or sel[col].isna().any():
-        raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {exps} report no metric {claim['metric']!r}")
-    per_exp = {e: sel[sel["experiment"] == e].set_index("seed")[col].sort_index() for e in exps}
+    per_exp = {}
+    for e, m in zip(exps, claim_metrics(claim)):
+        col = f"metric.{m}"
+        rows = sel[sel["experiment"] == e]
+        if col not in rows or rows[col].isna().any():
+            raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {e} report no metric {m!r}")
+        per_exp[e] = rows.set_index("seed")[col].sort_index()
+    kw = dict(level=level, min_seeds=min_seeds, deterministic=deterministic)
     if len(exps) == 1:
-        return judge(claim, per_exp[exps[0]].values, faithful=faithful), per_exp[exps[0]].index
+        return judge(claim, per_exp[exps[0]].values, **kw), list(per_exp[exps[0]].index)
     seeds = per_exp[exps[0]].index.intersection(per_exp[exps[1]].index)
-    return judge(claim, per_exp[exps[0]][seeds].values, per_exp[exps[1]][seeds].values, faithful=faithful), seeds
+    return judge(claim, per_exp[exps[0]][seeds].values, per_exp[exps[1]][seeds].values, **kw), list(seeds)
 
 
-def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, run_root: Path | None = None) -> pd.DataFrame:
-    out = []
+def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """claims.csv's rows, and the per-size curves of the "up to" claims; ``steps_csv(paper, experiment,
+    seed)`` is where a job's step log lies (threshold and "up to" claims read it)."""
+    out, curves = [], []
     for paper in papers:
         for claim in paper.claims:
-            exps = [claim["experiment"]] if "experiment" in claim else [claim["experiments"]["a"], claim["experiments"]["b"]]
+            exps = claim_experiments(claim)
             resolved = {e: resolve_experiment(paper.experiments[e], scale.name) for e in exps}
+            level = evidence_level(list(resolved.values()))
             row = {
                 "paper": paper.id, "claim": claim["id"], "text": claim["text"], "source": claim["source"],
-                "kind": claim["kind"], "metric": claim["metric"], "unit": claim["unit"], "experiments": " vs ".join(exps),
-                "published_as_printed": _printed(claim), "scale": scale.name,
-                "faithful": scale.name in claim["faithful_scales"], "evidence": scale.evidence,
+                "published_from": claim.get("published_from", "paper"), "kind": claim["kind"],
+                "metric": " vs ".join(dict.fromkeys(claim_metrics(claim))), "unit": claim["unit"],
+                "experiments": " vs ".join(exps), "published_as_printed": _printed(claim), "scale": scale.name,
+                "evidence_level": level, "evidence": scale.evidence,
                 "deviations": " | ".join(f"{e}: " + "; ".join(r["deviations"]) for e, r in resolved.items() if r["deviations"]),
             }
             sel = runs[(runs["paper"] == paper.id) & runs["experiment"].isin(exps)] if len(runs) else runs
             not_run = sel[sel["status"] != "ok"] if len(sel) else sel
             cut = [e for e, r in resolved.items() if r.get("grid_cut")]
+            reason = None
             if cut:
-                row.update(verdict=f"not run: {', '.join(cut)} not in the {scale.name} grid", n=0)
+                reason = f"{', '.join(cut)} not in the {scale.name} grid"
             elif len(sel) == 0:
-                row.update(verdict="not run: no runs at this scale", n=0)
+                reason = "no runs at this scale"
             elif len(not_run):
-                row.update(verdict=f"not run: {not_run['reason'].iloc[0]}", n=0)
+                reason = str(not_run["reason"].iloc[0])
+            if reason:
+                row.update(verdict=f"not run: {reason}", n=0, can_fail=False,
+                           refutation=f"cannot fail at this scale: not run ({reason})")
+                out.append(_finish_row(row, claim, scale))
+                continue
+            budget = resolved[exps[0]].get("steps")
+            if claim["kind"] == "threshold":
+                j, seeds = _threshold(claim, paper, exps[0], sel, budget, steps_csv, level, scale.min_seeds)
+            elif "up_to" in claim:
+                j, seeds, curve = _up_to(claim, paper, exps[0], sel, steps_csv, level, scale.min_seeds)
+                curves.append(curve.assign(paper=paper.id, claim=claim["id"]))
             else:
-                if claim["kind"] == "threshold":
-                    j, seeds = _threshold(claim, paper, exps[0], sel, resolved[exps[0]]["steps"], run_root, row["faithful"])
-                else:
-                    j, seeds = _judge_metric(claim, paper, exps, sel, row["faithful"])
-                d = j.as_dict()
-                row.update({k: d[k] for k in ("published", "std", "n", "ci_low", "ci_high", "delta", "p_value",
-                                              "mean_a", "mean_b", "verdict", "note")})
-                row["reproduced_mean"] = d["mean"]
-                row["seeds"] = ",".join(str(s) for s in seeds)
+                deterministic = all(r.get("deterministic", False) for r in resolved.values())
+                j, seeds = _judge_metric(claim, paper, exps, sel, level, scale.min_seeds, deterministic)
+            d = j.as_dict()
+            row.update({k: d[k] for k in ("published", "std", "n", "ci_low", "ci_high", "delta", "p_value",
+                                          "mean_a", "mean_b", "verdict", "note")})
+            row["reproduced_mean"] = d["mean"]
+            row["seeds"] = ",".join(str(s) for s in seeds)
+            row["can_fail"], row["refutation"] = refutation(claim, level, scale.min_seeds, budget)
             out.append(_finish_row(row, claim, scale))
-    return pd.DataFrame(out).reindex(columns=CLAIM_COLUMNS)
+    curve_cols = ["paper", "claim", "size", "median", "ci_low", "ci_high", "n"]
+    return (pd.DataFrame(out).reindex(columns=CLAIM_COLUMNS),
+            pd.concat(curves, ignore_index=True)[curve_cols] if curves else pd.DataFrame(columns=curve_cols))
 
 
 def _finish_row(row: dict, claim: dict, scale) -> dict:
@@ -105,12 +148,35 @@ def _finish_row(row: dict, claim: dict, scale) -> dict:
     return row
 
 
+def report_context(papers: list[Paper], scale) -> dict:
+    """What the report needs from the specs, resolved at this scale (papers.json)."""
+    from softrepro.registry import BENCHMARKS
+
+    out = {"scale": {"name": scale.name, "description": scale.description, "seeds": list(scale.seeds),
+                     "evidence": scale.evidence, "min_seeds": scale.min_seeds}, "papers": {}}
+    for paper in papers:
+        doc = paper.doc
+        exps = {}
+        for name, exp in paper.experiments.items():
+            r = resolve_experiment(exp, scale.name)
+            figure = getattr(BENCHMARKS.get(r["benchmark"]["name"]), "figure", None) if r["kind"] == "benchmark" \
+                else {"kind": "training"}
+            exps[name] = {"deviations": r["deviations"], "skip": r.get("skip"), "planned": not r.get("grid_cut"),
+                          "evidence_level": evidence_level([r]), "figure": figure}
+        claims = {c["id"]: {k: c[k] for k in ("kind", "log", "expect", "published", "up_to") if k in c}
+                  | {"experiments": claim_experiments(c)} for c in paper.claims}
+        out["papers"][paper.id] = {k: doc.get(k) for k in ("title", "authors", "arxiv", "year", "code", "seed_files",
+                                                           "protocol_sources")} | {"experiments": exps, "claims": claims}
+    return out
+
+
 def aggregate(plan, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    files = [root / f for f in plan.metrics_files()]
-    runs = load_runs(files)
-    claims = judge_claims(plan.papers, runs, plan.scale, run_root=root / plan.results / plan.scale.name)
-    out = root / plan.results / plan.scale.name
-    out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "runs.csv", index=False)
-    claims.to_csv(out / "claims.csv", index=False)
+    lay = plan.layout
+    runs = load_runs([root / f for f in plan.metrics_files()])
+    claims, curves = judge_claims(plan.papers, runs, plan.scale, steps_csv=lambda *job: root / lay.steps(*job))
+    (root / lay.base).mkdir(parents=True, exist_ok=True)
+    runs.to_csv(root / lay.file("runs.csv"), index=False)
+    claims.to_csv(root / lay.file("claims.csv"), index=False)
+    curves.to_csv(root / lay.file("up_to_curves.csv"), index=False)
+    (root / lay.file("papers.json")).write_text(json.dumps(report_context(plan.papers, plan.scale), indent=1) + "\n")
     return runs, claims

@@ -30,12 +30,15 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from softrepro.runner import run_job
+    from softrepro.runner import run_batch, run_job
 
     root = repo_root()
-    run_job(root / "configs" / "papers" / f"{args.paper}.yaml", args.experiment, args.seed, args.scale,
-            Path(args.out), root, results=args.results, threads=args.threads, progress=not args.no_progress,
-            log=lambda m: print(m, file=sys.stderr))
+    spec = root / "configs" / "papers" / f"{args.paper}.yaml"
+    kw = dict(results=args.results, threads=args.threads, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    if args.seeds is not None:
+        run_batch(spec, args.experiment, [int(s) for s in args.seeds.split(",")], args.scale, Path(args.out), root, **kw)
+    else:
+        run_job(spec, args.experiment, args.seed, args.scale, Path(args.out), root, **kw)
     return 0
 
 
@@ -91,28 +94,38 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_timings(args) -> int:
-    """Per-run wall times from Snakemake's benchmark files, as a Markdown table."""
+    """Per-run-batch wall times (Snakemake's benchmark files) beside the seeds' own run times
+    (runs.json), as a Markdown table: the difference is the fixed cost of a job."""
     import pandas as pd
 
+    from softrepro.layout import Layout
     from softrepro.plan import build
 
     root = repo_root()
     sharing = build(args.scale, "all", root, args.results).sharing()
-    base = root / args.results / args.scale / "benchmarks" / "cache"
+    lay = Layout(args.results, args.scale)
+    base = root / Path(lay.benchmark("cache/x")).parent
     rows = []
-    for tsv in sorted(base.glob("*/seed*.tsv")):
-        users = sharing.get(tsv.parent.name, ["(no longer in the specs)"])
+    for tsv in sorted(base.glob("*/*.tsv")):
+        key = tsv.parent.name
+        users = sharing.get(key, ["(no longer in the specs)"])
+        batch = root / lay.batch(key, tsv.stem)
+        seeds = json.loads(batch.read_text())["seeds"] if batch.is_file() else {}
         t = pd.read_csv(tsv, sep="\t")
-        rows.append({"run": users[0] + (f" (+{len(users) - 1} shared)" if len(users) > 1 else ""),
-                     "seed": tsv.stem[4:], "s": float(t["s"].iloc[0]), "max_rss_MB": float(t["max_rss"].iloc[0])})
+        rows.append({"run": users[0] + (f" (+{len(users) - 1} shared)" if len(users) > 1 else ""), "seeds": len(seeds),
+                     "batch": tsv.stem,
+                     "job_s": float(t["s"].iloc[0]), "runs_s": sum(float(v["wall_seconds"] or 0) for v in seeds.values()),
+                     "max_rss_MB": float(t["max_rss"].iloc[0])})
     if not rows:
         print(f"no benchmark files under {base}", file=sys.stderr)
         return 1
-    df = pd.DataFrame(rows)
-    per = df.groupby("run").agg(runs=("s", "size"), mean_s=("s", "mean"), total_s=("s", "sum"),
-                                max_rss_MB=("max_rss_MB", "max")).reset_index()
-    print(per.round(1).to_markdown(index=False))
-    print(f"\nsum of run times: {df['s'].sum():.0f} s over {len(df)} runs")
+    df = pd.DataFrame(rows).sort_values("run")
+    df["fixed_s_per_run"] = (df["job_s"] - df["runs_s"]) / df["seeds"].clip(lower=1)
+    print(df.round(1).to_markdown(index=False))
+    n = int(df["seeds"].sum())
+    print(f"\nsum of job times: {df['job_s'].sum():.0f} s for {len(df)} jobs and {n} runs; "
+          f"fixed cost (job time outside the runs' own training and evaluation) {df['job_s'].sum() - df['runs_s'].sum():.0f} s, "
+          f"{(df['job_s'].sum() - df['runs_s'].sum()) / max(n, 1):.2f} s per run")
     return 0
 
 
@@ -125,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--marker", required=True, help="where to write the dataset's status JSON")
     s.set_defaults(fn=_cmd_data)
 
-    s = sub.add_parser("run", help="run one (paper, experiment, seed) job")
+    s = sub.add_parser("run", help="run one (paper, experiment) for one seed, or for several seeds in one process")
     s.add_argument("--paper", required=True)
     s.add_argument("--experiment", required=True)
-    s.add_argument("--seed", type=int, required=True)
+    seeds = s.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--seed", type=int, help="one run into --out")
+    seeds.add_argument("--seeds", help="comma-separated seeds, each into --out/seed<k>, then --out/runs.json")
     s.add_argument("--scale", required=True)
-    s.add_argument("--out", required=True, help="run directory for metrics.json and steps.csv")
+    s.add_argument("--out", required=True, help="run directory (--seed) or the batch's directory (--seeds)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--results", default="results")
     s.add_argument("--no-progress", action="store_true")

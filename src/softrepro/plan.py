@@ -3,15 +3,16 @@
 A *job* is one (paper, experiment, seed) as the report sees it.  A *run* is what is
 actually computed: jobs whose resolved experiments are identical (same ``run_key``)
 share one run per seed, so the cross-entropy baseline that several papers compare
-against trains once.  Runs live under ``<results>/<scale>/cache/<key>/seed<k>``; each
-job's ``runs/<paper>/<experiment>/seed<k>`` is that run's record with the paper's own
-description and deviations.
+against trains once.  All seeds of a run are computed by one process (one Snakemake job),
+each into ``cache/<key>/seed<k>``; each job's ``runs/<paper>/<experiment>/seed<k>`` is that
+run's record with the paper's own description and deviations (paths: ``layout.Layout``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from softrepro.layout import Layout
 from softrepro.spec import Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment, run_key
 
 
@@ -25,12 +26,6 @@ class Job:
     skip: str | None
     key: str | None = None  # None when the experiment is skipped at this scale
 
-    def run_dir(self, results: str, scale: str) -> str:
-        return f"{results}/{scale}/runs/{self.paper}/{self.experiment}/seed{self.seed}"
-
-    def cache_dir(self, results: str, scale: str) -> str:
-        return f"{results}/{scale}/cache/{self.key}/seed{self.seed}"
-
 
 @dataclass
 class Plan:
@@ -38,6 +33,11 @@ class Plan:
     papers: list[Paper]
     jobs: list[Job]
     results: str = "results"
+    seeds_per_job: int = 0  # 0: all seeds of a run in one job
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.results, self.scale.name)
 
     @property
     def datasets(self) -> list[str]:
@@ -65,14 +65,17 @@ class Plan:
         return out
 
     def metrics_files(self) -> list[str]:
-        return [f"{j.run_dir(self.results, self.scale.name)}/metrics.json" for j in self.jobs]
+        return [self.layout.metrics(j.paper, j.experiment, j.seed) for j in self.jobs]
+
+    def batch(self, seed: int) -> tuple[int, ...]:
+        """The seeds computed by the same job as ``seed`` (all of the scale's, or chunks of ``seeds_per_job``)."""
+        seeds = list(self.scale.seeds)
+        n = self.seeds_per_job or len(seeds)
+        i = seeds.index(seed) // n
+        return tuple(seeds[i * n : (i + 1) * n])
 
 
-def dataset_marker(results: str, name: str) -> str:
-    return f"{results}/datasets/{name}.json"
-
-
-def build(scale: str, papers="all", root: Path | None = None, results: str = "results") -> Plan:
+def build(scale: str, papers="all", root: Path | None = None, results: str = "results", seeds_per_job: int = 0) -> Plan:
     root = root or repo_root()
     sc = load_scale(scale, root)
     specs = load_papers(papers, root)
@@ -85,4 +88,4 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
             key = None if resolved.get("skip") else run_key(resolved)
             for seed in sc.seeds:
                 jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key))
-    return Plan(sc, specs, jobs, results)
+    return Plan(sc, specs, jobs, results, seeds_per_job)

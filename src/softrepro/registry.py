@@ -49,7 +49,7 @@ MODELS = Registry("model")
 BENCHMARKS = Registry("benchmark")
 OPTIMIZERS = Registry("optimizer")
 GENERATORS = Registry("dataset generator")  # make(seed, **params) -> {"train": (x, y), "test": (x, y)[, "n_outputs": K]}
-TASKS = Registry("task")  # evaluate(model, loss_fn, x, y) -> {"test_...": float}; "classification" is built in
+TASKS = Registry("task")  # evaluate(model, loss_fn, x, y, final=bool) -> {"test_...": float}; "classification" is built in
 PROBES = Registry("probe")  # probe(model, x_train, y_train, loss_fn=...) -> {metric: float}, run once after training
 
 _loaded = False

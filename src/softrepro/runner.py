@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from softrepro import __version__
-from softrepro.plan import dataset_marker
+from softrepro.layout import Layout
 from softrepro.registry import BENCHMARKS
 from softrepro.spec import load_paper, load_scale, resolve_experiment, run_key
 
@@ -64,8 +64,8 @@ def _write_json_atomic(obj: dict, path: Path) -> None:
 
 
 def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
-            results: str = "results", threads: int = 1, progress: bool = True, log=print) -> dict:
-    paper = load_paper(paper_path, root)
+            results: str = "results", threads: int = 1, progress: bool = True, log=print, paper=None) -> dict:
+    paper = paper or load_paper(paper_path, root)
     exp = resolve_experiment(paper.experiments[experiment], scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -76,11 +76,14 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     }
     import pandas as pd
 
+    if exp["kind"] == "train" and not exp.get("skip"):
+        from softrepro.train import train  # imported before the clock starts: a fixed cost, not the run's
+
     steps = pd.DataFrame()
     t0 = time.perf_counter()
     reason = exp.get("skip")
     if not reason and exp["kind"] == "train":
-        marker = json.loads((root / dataset_marker(results, exp["dataset"])).read_text())
+        marker = json.loads((root / Layout(results, scale).dataset_marker(exp["dataset"])).read_text())
         record["dataset"] = marker
         if not marker["available"]:
             reason = marker["reason"]
@@ -88,8 +91,6 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
         record.update(status="not_run", reason=reason, metrics={})
         log(f"not run: {reason}")
     elif exp["kind"] == "train":
-        from softrepro.train import train
-
         metrics, steps, extras = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log)
         record.update(status="ok", metrics=metrics, **extras)
     else:
@@ -117,6 +118,33 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     return record
 
 
+def run_batch(paper_path: Path, experiment: str, seeds: list[int], scale: str, out_root: Path, root: Path,
+              results: str = "results", threads: int = 1, progress: bool = True, log=print) -> dict:
+    """Every seed of one run in one process (the imports, spec checks and dataset load are paid
+    once), each into its own ``out_root/seed<k>`` with its own metrics, step log and checkpoint.
+    A seed whose ``metrics.json`` already records this run resumes as done, so an interrupted
+    batch picks up at the seed it was on (and that seed at its last checkpoint).  Writes the
+    batch's record (``Layout.batch``) last."""
+    paper = load_paper(paper_path, root)
+    key = run_key(resolve_experiment(paper.experiments[experiment], scale))
+    done = {}
+    for seed in seeds:
+        out = out_root / f"seed{seed}"
+        prev = out / "metrics.json"
+        if prev.is_file() and (out / "steps.csv").is_file():
+            rec = json.loads(prev.read_text())
+            if rec.get("run_key") == key and rec.get("seed") == seed:
+                log(f"seed {seed}: already done ({prev})")
+                done[seed] = {"status": rec["status"], "wall_seconds": rec.get("wall_seconds"), "resumed": True}
+                continue
+        rec = run_job(paper_path, experiment, seed, scale, out, root, results=results, threads=threads,
+                      progress=progress, log=log, paper=paper)
+        done[seed] = {"status": rec["status"], "wall_seconds": rec["wall_seconds"], "resumed": False}
+    batch = {"run_key": key, "paper": paper.id, "experiment": experiment, "scale": scale, "seeds": done}
+    _write_json_atomic(batch, out_root / Path(Layout(results, scale).batch(key, seeds)).name)
+    return batch
+
+
 def link_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
              results: str = "results") -> dict:
     """Write a job's record from the run it shares (``cache/<key>/seed<k>``), with this
@@ -127,7 +155,7 @@ def link_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: 
         return run_job(paper_path, experiment, seed, scale, out_dir, root, results=results, progress=False,
                        log=lambda m: None)
     key = run_key(exp)
-    cache = root / results / scale / "cache" / key / f"seed{seed}"
+    cache = root / Layout(results, scale).cache_run(key, seed)
     record = json.loads((cache / "metrics.json").read_text())
     if record.get("run_key") != key:
         raise RuntimeError(f"{cache}/metrics.json belongs to run {record.get('run_key')!r}, not {key!r}")

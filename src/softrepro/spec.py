@@ -49,9 +49,28 @@ def _schema(root: str, name: str) -> dict:
     return json.loads((Path(root) / "configs" / "schemas" / f"{name}.schema.json").read_text())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice in one mapping (plain YAML keeps the last
+    silently).  Keys brought in by a merge (``<<: *anchor``) may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (also at line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _load_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise SpecError(path, "(file)", "no such file") from None
     except yaml.YAMLError as exc:
@@ -79,7 +98,37 @@ class Scale:
     seeds: tuple[int, ...]
     evidence: bool
     train_threads: int
+    min_seeds: int = 3
     gpu: bool = False
+
+
+# How close a run is to the paper, from the closest to the farthest.  Each deviation of an
+# experiment is tagged with the level it leaves the run at ("cut: 1,500 of 10,000 steps");
+# an experiment is at the farthest level among its deviations at that scale, a claim at the
+# farthest level of its experiments.  "minor" deviations (a re-implementation of the same
+# model, more seeds) leave a run faithful.
+LEVELS = ("faithful", "cut", "stand-in")
+DEVIATION_TAGS = {"minor": "faithful", "cut": "cut", "stand-in": "stand-in"}
+
+
+def deviation_level(text: str) -> str:
+    tag = text.split(":", 1)[0].strip()
+    if tag not in DEVIATION_TAGS:
+        raise ValueError(f"deviation {text!r} does not start with one of {', '.join(t + ':' for t in DEVIATION_TAGS)}")
+    return DEVIATION_TAGS[tag]
+
+
+def evidence_level(resolved: list[dict]) -> str:
+    """The level of a claim whose experiments, resolved at one scale, are ``resolved``."""
+    found = {deviation_level(d) for r in resolved for d in r["deviations"]}
+    return max(found | {"faithful"}, key=LEVELS.index)
+
+
+def level_reason(resolved: dict[str, dict]) -> str:
+    """The deviations that put a claim's experiments at their level (for error messages)."""
+    level = evidence_level(list(resolved.values()))
+    found = dict.fromkeys(d for r in resolved.values() for d in r["deviations"] if deviation_level(d) == level)
+    return "; ".join(repr(d) for d in found)
 
 
 @dataclass
@@ -96,7 +145,12 @@ class Paper:
 
 
 def load_scale(name: str, root: Path | None = None) -> Scale:
-    root = root or repo_root()
+    return _load_scale(name, str(root or repo_root()))
+
+
+@lru_cache(maxsize=None)
+def _load_scale(name: str, root: str) -> Scale:
+    root = Path(root)
     path = root / "configs" / "scales" / f"{name}.yaml"
     if name not in SCALES:
         raise SpecError(path, "scale", f"unknown scale {name!r} (choose from {', '.join(SCALES)})")
@@ -143,6 +197,13 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         for scale in SCALES:  # every resolved variant must itself be a valid experiment
             resolved = {k: v for k, v in resolve_experiment(exp, scale).items() if k != "protocol"}
             validate(resolved, exp_schema, path, prefix=f"{where}(scale={scale})")
+        for scale in SCALES:
+            resolved = resolve_experiment(exp, scale)
+            if not (resolved.get("skip") or resolved.get("grid_cut") or load_scale(scale, root).evidence) \
+                    and evidence_level([resolved]) == "faithful":
+                raise SpecError(path, f"{where}.scales.{scale}.deviations",
+                                f"scale {scale!r} is never evidence, so its runs must say how they are cut "
+                                "(a 'cut: ' or 'stand-in: ' deviation)")
         if exp.get("skip") or not check_names:
             continue  # never runs: nothing to look up
         if exp["kind"] == "train":
@@ -169,9 +230,72 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         for key, ref in refs.items():
             if ref not in doc["experiments"]:
                 raise SpecError(path, f"{where}.{key}", f"unknown experiment {ref!r} (spec has {', '.join(doc['experiments'])})")
-        if claim["kind"] == "comparison" and None in claim["published"].values() and "direction" not in claim:
-            raise SpecError(path, f"{where}.direction", "a comparison with an unknown published value needs a direction")
+        _check_claim(claim, doc["experiments"], path, where, root)
     return Paper(id=doc["id"], path=path, doc=doc, experiments=doc["experiments"], claims=doc["claims"])
+
+
+def claim_experiments(claim: dict) -> list[str]:
+    return [claim["experiment"]] if "experiment" in claim else [claim["experiments"]["a"], claim["experiments"]["b"]]
+
+
+def claim_metrics(claim: dict) -> list[str]:
+    """The metric of each of the claim's experiments (a comparison may read a different metric per arm)."""
+    exps = claim_experiments(claim)
+    m = claim["metric"]
+    return [m[k] for k in ("a", "b")][: len(exps)] if isinstance(m, dict) else [m] * len(exps)
+
+
+def _check_claim(claim: dict, experiments: dict, path: Path, where: str, root: Path) -> None:
+    """What the schema cannot say: every claim must be able to fail, and its declared faithful
+    scales must agree with its experiments' deviations."""
+    kind, pub = claim["kind"], claim.get("published")
+    if isinstance(claim["metric"], dict) and "experiments" not in claim:
+        raise SpecError(path, f"{where}.metric", "per-arm metrics ({a, b}) need a two-experiment claim")
+    if kind == "comparison":
+        pair = isinstance(pub, dict) and None not in pub.values()
+        if not pair and "direction" not in claim:
+            raise SpecError(path, f"{where}.direction",
+                            f"claim {claim['id']!r}: a comparison needs a direction or a published pair (a and b)")
+        if pair:
+            diff = pub["a"] - pub["b"]
+            hw = claim["tolerance"]["abs"] if "abs" in claim["tolerance"] else claim["tolerance"]["rel"] * abs(diff)
+            if abs(diff) <= hw:
+                raise SpecError(path, f"{where}.tolerance",
+                                f"claim {claim['id']!r}: the tolerance band [{diff - hw:g}, {diff + hw:g}] around the published "
+                                f"difference {diff:g} contains 0, so no outcome could refute the claimed difference; "
+                                "narrow it below the difference or make the claim qualitative")
+            if "direction" in claim and (diff > 0) != (claim["direction"] == "greater"):
+                raise SpecError(path, f"{where}.direction",
+                                f"claim {claim['id']!r}: direction {claim['direction']!r} contradicts the published pair")
+    if kind == "ratio" and pub is not None:
+        hw = claim["tolerance"]["abs"] if "abs" in claim["tolerance"] else claim["tolerance"]["rel"] * abs(pub)
+        if pub - hw <= 1 <= pub + hw:
+            raise SpecError(path, f"{where}.tolerance",
+                            f"claim {claim['id']!r}: the tolerance band [{pub - hw:g}, {pub + hw:g}] contains 1 (no effect), "
+                            "so no outcome could refute the claimed ratio")
+    exps = claim_experiments(claim)
+    derived = set()
+    for scale in SCALES:
+        if not load_scale(scale, root).evidence:
+            continue
+        resolved = {e: resolve_experiment(experiments[e], scale) for e in exps}
+        if any(r.get("skip") or r.get("grid_cut") for r in resolved.values()):
+            if scale in claim["faithful_scales"]:
+                raise SpecError(path, f"{where}.faithful_scales",
+                                f"claim {claim['id']!r}: listed as faithful at {scale!r}, where its experiments do not run")
+            continue
+        level = evidence_level(list(resolved.values()))
+        if level == "faithful":
+            derived.add(scale)
+        elif scale in claim["faithful_scales"]:
+            raise SpecError(path, f"{where}.faithful_scales",
+                            f"claim {claim['id']!r}: listed as faithful at {scale!r}, but its experiments are at the "
+                            f"{level!r} level there ({level_reason(resolved)})")
+    missing = derived - set(claim["faithful_scales"])
+    if missing:
+        raise SpecError(path, f"{where}.faithful_scales",
+                        f"claim {claim['id']!r}: its experiments carry no cut or stand-in deviation at "
+                        f"{', '.join(sorted(missing))}, so it is faithful there; list it, or tag the deviation that makes it not so")
 
 
 def load_papers(selection: str | list[str] | None = "all", root: Path | None = None) -> list[Paper]:
@@ -253,7 +377,7 @@ def expand_matrix(name: str, exp: dict, path: Path) -> dict[str, dict]:
 
 # Keys that describe an experiment but do not change what it computes.
 NON_COMPUTING_KEYS = ("deviations", "description", "protocol", "checkpoint_every", "skip", "grid_cut",
-                      "matrix_labels")
+                      "matrix_labels", "deterministic")
 
 
 def run_key(resolved: dict) -> str:

@@ -175,16 +175,18 @@ def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False)
     return (metrics, reliability_bins(p, t)) if reliability else metrics
 
 
-def evaluate_task(task: str, model, loss_fn, x, y, reliability: bool = False):
-    """Test metrics of ``task``: the built-in classification metrics, or a registered task's."""
+def evaluate_task(task: str, model, loss_fn, x, y, final: bool = False):
+    """Test metrics of ``task``: the built-in classification metrics, or a registered task's.
+    ``final`` (the evaluation after training) also returns the reliability bins, and lets a task
+    spend more on its final numbers than on the evaluations logged during training."""
     if task == "classification":
-        return evaluate(model, loss_fn, x, y, reliability=reliability)
+        return evaluate(model, loss_fn, x, y, reliability=final)
     model.eval()
     try:
-        metrics = TASKS.get(task)(model, loss_fn, x, y)
+        metrics = TASKS.get(task)(model, loss_fn, x, y, final=final)
     finally:
         model.train()
-    return (metrics, None) if reliability else metrics
+    return (metrics, None) if final else metrics
 
 
 def _make_optimizer(cfg: dict, params):
@@ -320,7 +322,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
-    metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, reliability=True)
+    metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, final=True)
     if exp.get("probes"):  # opt-in end-of-training measurements on the training set
         model.eval()
         with torch.no_grad():

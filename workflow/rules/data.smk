@@ -7,8 +7,8 @@ localrules: dataset
 
 rule dataset:
     output:
-        f"{RESULTS}/datasets/{{name}}.json",
+        LAYOUT.dataset_marker("{name}"),
     log:
-        f"{RESULTS}/logs/datasets/{{name}}.log",
+        LAYOUT.dataset_log("{name}"),
     shell:
         "{SR} data {wildcards.name} --marker {output} 2> {log}"

@@ -1,4 +1,5 @@
-# Aggregate every run of the scale with pandas, judge the claims, render the report.
+# Aggregate every run of the scale with pandas, judge the claims, render the report.  The report
+# reads the results folder only (claims.csv, runs.csv, up_to_curves.csv, papers.json, step logs).
 
 
 localrules: aggregate, report
@@ -9,10 +10,12 @@ rule aggregate:
         runs=PLAN.metrics_files(),
         specs=[str(p.path.relative_to(ROOT)) for p in PLAN.papers],
     output:
-        runs=f"{RESULTS}/{SCALE}/runs.csv",
-        claims=f"{RESULTS}/{SCALE}/claims.csv",
+        runs=LAYOUT.file("runs.csv"),
+        claims=LAYOUT.file("claims.csv"),
+        curves=LAYOUT.file("up_to_curves.csv"),
+        papers=LAYOUT.file("papers.json"),
     log:
-        f"{RESULTS}/{SCALE}/logs/aggregate.log",
+        LAYOUT.log("aggregate"),
     shell:
         "{SR} aggregate --scale {SCALE} --papers {PAPERS} --results {RESULTS} > {log} 2>&1"
 
@@ -22,10 +25,10 @@ rule report:
         rules.aggregate.output,
         notebook="report/report.ipynb",
     output:
-        html=f"{RESULTS}/{SCALE}/report.html",
-        pdf=f"{RESULTS}/{SCALE}/report.pdf",
-        notebook=f"{RESULTS}/{SCALE}/report.ipynb",
+        html=LAYOUT.file("report.html"),
+        pdf=LAYOUT.file("report.pdf"),
+        notebook=LAYOUT.file("report.ipynb"),
     log:
-        f"{RESULTS}/{SCALE}/logs/report.log",
+        LAYOUT.log("report"),
     shell:
         "{SR} report --scale {SCALE} --results {RESULTS} > {log} 2>&1"

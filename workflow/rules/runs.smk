@@ -1,8 +1,11 @@
-# Runs and jobs.  A run (rule `run`) is one resolved configuration and seed, computed once
-# however many papers need it: results/<scale>/cache/<key>/seed<k>.  A job (rule `link`) is
-# one (paper, experiment, seed): that run's record with the paper's own deviations, under
-# results/<scale>/runs/<paper>/<experiment>/seed<k>.  params.config is the rerun trigger:
-# editing a claim's text reruns nothing; editing what an experiment computes reruns it.
+# Runs and jobs.  A run (rule `run`) is one resolved configuration, computed once however many
+# papers need it: its seeds in one process (all of the scale's, or chunks of `seeds_per_job`;
+# imports, spec checks and the dataset load are paid once a job), each seed into
+# cache/<key>/seed<k>, then the job's record cache/<key>/runs_<seeds>.json.  An interrupted
+# job resumes at the seed it was on.  A job (rule `link`) is one (paper,
+# experiment, seed): that run's record with the paper's own deviations, under
+# runs/<paper>/<experiment>/seed<k>.  params.config is the rerun trigger: editing a claim's text
+# reruns nothing; editing what an experiment computes reruns it.
 
 
 localrules: link
@@ -14,7 +17,7 @@ def _owner(w):
 
 def _run_inputs(w):
     j = _owner(w)
-    return [dataset_marker(RESULTS, j.dataset)] if j.dataset else []
+    return [LAYOUT.dataset_marker(j.dataset)] if j.dataset else []
 
 
 def _resolved(paper_id, experiment):
@@ -32,37 +35,38 @@ rule run:
     input:
         _run_inputs,
     output:
-        metrics=f"{RESULTS}/{{scale}}/cache/{{key}}/seed{{seed}}/metrics.json",
-        steps=f"{RESULTS}/{{scale}}/cache/{{key}}/seed{{seed}}/steps.csv",
+        LAYOUT.batch("{key}", "{seeds}"),
     params:
         config=_computing,
         owner=lambda w: f"--paper {_owner(w).paper} --experiment {_owner(w).experiment}",
-        out=lambda w, output: str(Path(output.metrics).parent),
+        seeds=lambda w: w.seeds.replace("_", ","),
+        out=lambda w: LAYOUT.cache(w.key),
     log:
-        f"{RESULTS}/{{scale}}/logs/cache/{{key}}/seed{{seed}}.log",
+        LAYOUT.log("cache/{key}/{seeds}"),
     benchmark:
-        f"{RESULTS}/{{scale}}/benchmarks/cache/{{key}}/seed{{seed}}.tsv"
+        LAYOUT.benchmark("cache/{key}/{seeds}")
     wildcard_constraints:
-        seed=r"\d+",
+        seeds=r"\d+(_\d+)*",
     threads: lambda w: workflow.cores if _owner(w).kind == "benchmark" else PLAN.scale.train_threads
     resources:
         gpu=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
+        gpu_slots=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
     shell:
-        "{SR} run {params.owner} --seed {wildcards.seed} --scale {wildcards.scale} --out {params.out}"
+        "{SR} run {params.owner} --seeds {params.seeds} --scale {SCALE} --out {params.out}"
         " --threads {threads} --results {RESULTS} 2> {log}"
 
 
 def _link_inputs(w):
     j = PLAN.job(w.paper, w.experiment, int(w.seed))
-    return [f"{j.cache_dir(RESULTS, w.scale)}/metrics.json", f"{j.cache_dir(RESULTS, w.scale)}/steps.csv"] if j.key else []
+    return [LAYOUT.batch(j.key, PLAN.batch(j.seed))] if j.key else []
 
 
 rule link:
     input:
         _link_inputs,
     output:
-        metrics=f"{RESULTS}/{{scale}}/runs/{{paper}}/{{experiment}}/seed{{seed}}/metrics.json",
-        steps=f"{RESULTS}/{{scale}}/runs/{{paper}}/{{experiment}}/seed{{seed}}/steps.csv",
+        metrics=LAYOUT.metrics("{paper}", "{experiment}", "{seed}"),
+        steps=LAYOUT.steps("{paper}", "{experiment}", "{seed}"),
     params:
         config=lambda w: _resolved(w.paper, w.experiment),
         out=lambda w, output: str(Path(output.metrics).parent),
@@ -72,4 +76,4 @@ rule link:
     # workflow) for each `run:` job, which costs more than this small CLI call
     shell:
         "{SR} link --paper {wildcards.paper} --experiment {wildcards.experiment} --seed {wildcards.seed}"
-        " --scale {wildcards.scale} --out {params.out} --results {RESULTS}"
+        " --scale {SCALE} --out {params.out} --results {RESULTS}"

@@ -88,7 +88,7 @@ def toy_multilabel(seed: int, n_classes: int = 10, doc_length: float = 200, n_tr
 
 
 @TASKS.register("multilabel")
-def evaluate_multilabel(model, loss_fn, x, y, batch: int = 1000) -> dict:
+def evaluate_multilabel(model, loss_fn, x, y, batch: int = 1000, final: bool = True) -> dict:
     """Test metrics of ``train_multilabel_classifier_lbfgs.py::classify_dataset`` (Unbabel/sparsemax 27d2a1a).
 
     ``loss_fn.predict(out) -> (p, mask)`` gives the predicted distribution p (N, K) and label set
@@ -103,6 +103,9 @@ def evaluate_multilabel(model, loss_fn, x, y, batch: int = 1000) -> dict:
       the denominator is 0, the repo's nan_to_num); macro-F1 = 2 P R / (P + R) of P = mean_l P_l and
       R = mean_l R_l (the repo's definition, not the mean of the per-label F1s).
     - ``test_sparsity``: mean fraction of exact zeros in p; ``test_avg_support``: mean size of the label set.
+    - ``test_support_f1``: micro-F1 of the support of p itself (p > 0) against the gold label sets: how
+      well the exact zeros of p fall where a document has no label.  A distribution without zeros
+      (softmax) scores 2|g| / (|g| + K); a sparse output scores higher only if its zeros are right.
 
     A ratio whose denominator is 0 counts as 0 (the repo would print nan).  Differences from the
     repo: for the logistic loss the repo reports no JS loss (it stays 0) and its Sq loss uses the
@@ -117,6 +120,7 @@ def evaluate_multilabel(model, loss_fn, x, y, batch: int = 1000) -> dict:
     n = len(y)
     loss_sum = jsd_sum = sq_sum = zeros = support = 0.0
     matched = predicted = gold = None
+    sup_matched = sup_predicted = 0.0
     try:
         with torch.no_grad():
             for i in range(0, n, batch):
@@ -134,6 +138,8 @@ def evaluate_multilabel(model, loss_fn, x, y, batch: int = 1000) -> dict:
                 sq_sum += float(((p - q) ** 2).sum())
                 zeros += float((p == 0).sum())
                 support += float(mask.sum())
+                sup_matched += float(((p > 0) & g).sum())
+                sup_predicted += float((p > 0).sum())
                 mt, pr, gd = (mask & g).sum(0).double(), mask.sum(0).double(), g.sum(0).double()
                 matched, predicted, gold = ((mt, pr, gd) if matched is None else
                                             (matched + mt, predicted + pr, gold + gd))
@@ -151,9 +157,10 @@ def evaluate_multilabel(model, loss_fn, x, y, batch: int = 1000) -> dict:
     micro_r = float(ratio(matched.sum(), gold.sum()))
     macro_p = float(ratio(matched, predicted).mean())
     macro_r = float(ratio(matched, gold).mean())
+    sup_p, sup_r = sup_matched / max(sup_predicted, 1.0), sup_matched / max(float(gold.sum()), 1.0)
     return {"test_loss": loss_sum / n, "test_jsd": jsd_sum / (n * k), "test_mse": sq_sum / (n * k),
             "test_micro_f1": f1(micro_p, micro_r), "test_macro_f1": f1(macro_p, macro_r),
-            "test_sparsity": zeros / (n * k), "test_avg_support": support / n}
+            "test_sparsity": zeros / (n * k), "test_avg_support": support / n, "test_support_f1": f1(sup_p, sup_r)}
 
 
 class Linear(nn.Module):

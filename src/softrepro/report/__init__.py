@@ -1,5 +1,6 @@
 """Render the report: papermill executes report/report.ipynb, nbconvert makes HTML without
-code cells, WeasyPrint turns that HTML into a PDF (no network, no LaTeX)."""
+code cells, WeasyPrint turns that HTML into a PDF (no network, no LaTeX).  The notebook's
+content comes from ``softrepro.report.page`` and ``.figures``, which read a results folder only."""
 from __future__ import annotations
 
 import html
@@ -20,6 +21,7 @@ img { max-width: 100%; page-break-inside: avoid; }
 .banner { background: #fff3cd; border: 1px solid #e0c060; padding: 6px 10px; margin: 1em 0; }
 .v-reproduced { background: #d4edda; } .v-direction-holds { background: #e2f0d9; }
 .v-not-reproduced { background: #f8d7da; } .v-inconclusive { background: #fff3cd; } .v-not-run { background: #e2e3e5; }
+.v-consistent { background: #dbe9f6; } .v-contradicts { background: #fbe0c8; } .v-not-comparable-at-this-scale { background: #eeeeee; }
 .small { font-size: 8.5pt; color: #555; }
 pre { white-space: pre-wrap; font-size: 8pt; }
 """
@@ -38,7 +40,7 @@ def render(root: Path, scale: str, results: str = "results") -> list[Path]:
     t0 = time.perf_counter()
     papermill.execute_notebook(
         str(root / "report" / "report.ipynb"), str(executed),
-        parameters={"scale": scale, "results_dir": str((root / results).resolve()), "root": str(root.resolve())},
+        parameters={"scale": scale, "results_dir": str((root / results).resolve())},
         kernel_name="python3", progress_bar=False, cwd=str(root),
     )
     exporter = HTMLExporter(template_name="basic")

@@ -1,0 +1,204 @@
+"""The report's figures, drawn from a results folder only (claims.csv, runs.csv, papers.json,
+up_to_curves.csv and each run's steps.csv / metrics.json).  Each function returns a matplotlib
+figure, or None when there is nothing to draw.
+
+Experiments declare their figure in papers.json (``figure: {kind: ...}``: training runs get
+``training``, a benchmark the figure its registry entry names); ``EXPERIMENT_FIGURES`` maps each
+kind to the function that draws it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+LEVEL_ORDER = ["faithful", "cut", "stand-in"]
+VERDICT_ORDER = ["reproduced", "direction holds", "not reproduced", "consistent", "contradicts", "inconclusive",
+                 "not comparable at this scale", "not run"]
+VERDICT_COLOURS = {"reproduced": "#2e8b57", "direction holds": "#8fbc8f", "not reproduced": "#c0392b",
+                   "consistent": "#5b9bd5", "contradicts": "#e67e22", "inconclusive": "#e0a800",
+                   "not comparable at this scale": "#b0b0b0", "not run": "#7f7f7f"}
+
+
+def verdict_group(v: str) -> str:
+    return "not run" if str(v).startswith("not run") else str(v)
+
+
+def style() -> None:
+    sns.set_theme(style="whitegrid", context="paper")
+    plt.rcParams.update({"figure.dpi": 110})
+
+
+def headline(claims: pd.DataFrame):
+    """Verdict counts per evidence level, as stacked bars: the first page's figure."""
+    if not len(claims):
+        return None
+    counts = (claims.assign(v=claims["verdict"].map(verdict_group))
+              .groupby(["evidence_level", "v"]).size().unstack(fill_value=0)
+              .reindex(index=[lvl for lvl in LEVEL_ORDER if lvl in set(claims["evidence_level"])],
+                       columns=[v for v in VERDICT_ORDER if v in set(claims["verdict"].map(verdict_group))], fill_value=0))
+    fig, ax = plt.subplots(figsize=(8.5, 0.6 + 0.55 * len(counts)))
+    left = np.zeros(len(counts))
+    for v in counts.columns:
+        ax.barh(counts.index, counts[v], left=left, color=VERDICT_COLOURS[v], label=v, edgecolor="white")
+        for i, n in enumerate(counts[v]):
+            if n:
+                ax.text(left[i] + n / 2, i, str(n), ha="center", va="center", fontsize=8, color="white")
+        left += counts[v].to_numpy()
+    ax.invert_yaxis()
+    ax.set_xlabel("claims")
+    ax.set_title("verdicts by evidence level (only a faithful protocol can reproduce or refute a paper)", fontsize=9)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(counts) < 3 else -0.2), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def published_vs_reproduced(claims: pd.DataFrame):
+    """Reproduced mean (95 % CI) against the published number, one panel per evidence level."""
+    d = claims[claims["reproduced_mean"].notna() & claims["published"].notna()].copy()
+    if not len(d):
+        return None
+    levels = [lvl for lvl in LEVEL_ORDER if lvl in set(d["evidence_level"])]
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.0 * len(levels), 4.3), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        x = d[d["evidence_level"] == level]
+        for r in x.itertuples():
+            # a bootstrap CI (the "up to" statistic) need not contain the point estimate: clip at 0
+            err = None if pd.isna(r.ci_low) else [[max(r.reproduced_mean - r.ci_low, 0)], [max(r.ci_high - r.reproduced_mean, 0)]]
+            ax.errorbar(r.published, r.reproduced_mean, yerr=err, fmt="o", ms=5, color=VERDICT_COLOURS[verdict_group(r.verdict)],
+                        ecolor="grey", lw=1)
+            ax.annotate(r.claim, (r.published, r.reproduced_mean), fontsize=5.5, xytext=(3, 3), textcoords="offset points")
+        lo = np.nanmin([x["published"].min(), x["ci_low"].min(), x["reproduced_mean"].min()])
+        hi = np.nanmax([x["published"].max(), x["ci_high"].max(), x["reproduced_mean"].max()])
+        pad = 0.05 * (hi - lo or 1)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", c="k", lw=0.8)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_title(f"{level} ({len(x)} claims)", fontsize=9)
+        ax.set_xlabel("published (comparisons: a - b)")
+        ax.set_ylabel("reproduced mean, 95 % CI")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()
+               if v in set(d["verdict"].map(verdict_group))]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def step_logs(out: Path, paper: str, exp: str) -> pd.DataFrame:
+    """Every seed's steps.csv of one experiment, stacked, with ``seed`` and ``experiment`` columns."""
+    frames = []
+    for f in sorted((out / "runs" / paper / exp).glob("seed*/steps.csv")):
+        try:
+            df = pd.read_csv(f)
+        except pd.errors.EmptyDataError:
+            continue
+        if len(df):
+            frames.append(df.assign(seed=f.parent.name, experiment=exp))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def training(data: pd.DataFrame, metrics=(), spec: dict | None = None):
+    """Training loss, and beside it training accuracy, a metric the claims use, or a test metric."""
+    if "train_loss" not in data:
+        return None
+    tests = sorted(c for c in data if c.startswith("test_"))
+    logged = [c for c in ["train_accuracy", *[m for m in metrics if m in tests], *tests] if c in data and data[c].notna().any()]
+    fig, axes = plt.subplots(1, 1 + bool(logged), figsize=(11 if logged else 5.5, 3.4), squeeze=False)
+    ax = axes[0]
+    sns.lineplot(data=data, x="step", y="train_loss", hue="experiment", errorbar=("ci", 95), ax=ax[0])
+    if (data["train_loss"] > 0).all():
+        ax[0].set_yscale("log")
+    ax[0].set_title("training loss (mean over seeds, 95% CI)")
+    if logged:
+        col = logged[0]
+        sns.lineplot(data=data.dropna(subset=[col]), x="step", y=col, hue="experiment", errorbar=("ci", 95), ax=ax[1])
+        ax[1].set_title("training accuracy (batch windows)" if col == "train_accuracy" else col.replace("_", " "))
+    fig.tight_layout()
+    return fig
+
+
+def sweep(data: pd.DataFrame, metrics=(), spec: dict | None = None):
+    """A benchmark swept over a size: one line per ``<y_prefix><variant>`` column, mean and 95 % CI over repeats."""
+    spec = spec or {}
+    x, prefix = spec["x"], spec["y_prefix"]
+    cols = [c for c in data if c.startswith(prefix)]
+    if x not in data or not cols:
+        return None
+    long = data.melt(id_vars=[x, "experiment"], value_vars=cols, var_name="variant", value_name="y")
+    long["variant"] = long["variant"].str[len(prefix):]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    sns.lineplot(data=long, x=x, y="y", hue="variant", style="experiment", errorbar=("ci", 95), marker="o", ms=3, ax=ax)
+    if spec.get("log"):
+        ax.set(xscale="log", yscale="log")
+    ax.set_ylabel(spec.get("ylabel", "value"))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT_FIGURES = {"training": training, "sweep": sweep}
+
+
+def threshold(data: pd.DataFrame, claim_id: str, claim: dict, verdict: str):
+    """A threshold claim's per-seed curve beside the level and the paper's step count."""
+    col = claim["log"]["column"]
+    level = claim["log"].get("at_least", claim["log"].get("at_most"))
+    if col not in data:
+        return None
+    d = data.dropna(subset=[col])
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    sns.lineplot(data=d, x="step", y=col, hue="seed", ax=ax, lw=1.2)
+    ax.axhline(level, ls="--", c="k", lw=0.8, label=f"level {level}")
+    if claim.get("published") is not None:
+        ax.axvline(claim["published"], ls=":", c="#c0392b", lw=1.2, label=f"paper: {claim['published']} steps")
+    ax.set_title(f"{claim_id}: {verdict}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def up_to(curve: pd.DataFrame, claim_id: str, over: str, published: float, verdict: str):
+    """An "up to" claim: the per-size median ratio with its bootstrap band, and the published maximum."""
+    if not len(curve):
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.plot(curve["size"], curve["median"], marker="o", ms=3, label="median over repeats")
+    ax.fill_between(curve["size"], curve["ci_low"], curve["ci_high"], alpha=0.25, label="95 % bootstrap CI")
+    ax.axhline(1.0, c="k", lw=0.8)
+    if published == published:
+        ax.axhline(published, ls=":", c="#c0392b", lw=1.2, label=f"paper: up to {published:g}x")
+    ax.set_xscale("log")
+    ax.set_xlabel(over)
+    ax.set_ylabel("ratio")
+    ax.set_title(f"{claim_id}: {verdict}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(out: Path, paper: str, experiments: list[str]):
+    """Reliability diagram (accuracy against confidence, 15 bins, all seeds pooled)."""
+    rows = []
+    for e in experiments:
+        for f in sorted((out / "runs" / paper / e).glob("seed*/metrics.json")):
+            rec = json.loads(f.read_text())
+            rows += [{**b, "experiment": e} for b in rec.get("reliability") or []]
+    if not rows:
+        return None
+    d = pd.DataFrame(rows)
+    d["acc_n"], d["conf_n"] = d["accuracy"] * d["count"], d["confidence"] * d["count"]
+    g = d.groupby(["experiment", "bin"]).sum(numeric_only=True).reset_index()
+    g["accuracy"], g["confidence"] = g["acc_n"] / g["count"], g["conf_n"] / g["count"]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    sns.lineplot(data=g, x="confidence", y="accuracy", hue="experiment", marker="o", ax=ax)
+    ax.plot([0, 1], [0, 1], ls="--", c="k", lw=0.8)
+    ax.set_title("reliability (15 bins, all seeds pooled)")
+    fig.tight_layout()
+    return fig
