@@ -6,11 +6,13 @@ folder (payload sha256, as `softrepro data` does, without `dvc add`), writes the
 then launches `softrepro run --seeds ...` (the `run` rule's exact command) for each run of the
 selected experiments, ``--slots`` jobs at a time on the one GPU (the profile's `gpu_slots`).
 It records each job's start and end.  The run folders it leaves (results/<scale>/cache/<key>)
-are then linked and aggregated with the ordinary CLI (`softrepro link`, `softrepro aggregate`)
-on any machine.
+are then linked and aggregated on any machine with ``--collect`` (what the `link` and
+`aggregate` rules do; a job whose run did not finish reads "not run: no run in this results
+folder"), and the report is rendered with ``softrepro report``.
 
     python benchmarks/gpu/drive.py --mirror .gpu/data --scale paper --slots 8 \
-        --only agarap2017-cnn-svm:* --only dang2023-neural-collapse:* --timings out/jobs.json
+        --only 'agarap2017-cnn-svm:*' --only 'dang2023-neural-collapse:*' --timings out/jobs.json
+    python benchmarks/gpu/drive.py --collect --results results-reference --scale paper --only 'agarap2017-cnn-svm:*'
 """
 from __future__ import annotations
 
@@ -45,20 +47,37 @@ def prepare_data(root: Path, names: list[str], mirror: Path, layout) -> None:
                                       "sha256": digests}))
 
 
+def collect(root: Path, plan) -> None:
+    from softrepro.aggregate import aggregate
+    from softrepro.runner import link_job
+
+    for j in plan.jobs:
+        if j.key and (root / plan.layout.cache_run(j.key, j.seed) / "metrics.json").is_file():
+            link_job(root / "configs" / "papers" / f"{j.paper}.yaml", j.experiment, j.seed, plan.scale.name,
+                     root / plan.layout.run(j.paper, j.experiment, j.seed), root, results=plan.results)
+    _, claims = aggregate(plan, root)
+    print(claims[["claim", "evidence_level", "verdict"]].to_string(index=False))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", default="paper")
-    ap.add_argument("--mirror", required=True)
+    ap.add_argument("--mirror")
+    ap.add_argument("--collect", action="store_true", help="link and aggregate the finished runs instead of running")
+    ap.add_argument("--results", default="results")
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", action="append", required=True, help="paper:experiment glob, e.g. agarap2017-cnn-svm:*")
     ap.add_argument("--seeds", help="comma-separated seeds instead of the scale's")
     ap.add_argument("--seeds-per-job", type=int, default=0, help="as the DAG's seeds_per_job: 0 = all seeds in one job")
-    ap.add_argument("--timings", required=True)
+    ap.add_argument("--timings")
     args = ap.parse_args()
     root = Path.cwd()
     papers = sorted({o.split(":")[0] for o in args.only})
-    plan = build(args.scale, ",".join(papers), root)
+    plan = build(args.scale, ",".join(papers), root, args.results)
+    if args.collect:
+        collect(root, plan)
+        return 0
     owners = {}
     for j in plan.jobs:
         if j.key and any(fnmatch.fnmatch(f"{j.paper}:{j.experiment}", o) for o in args.only):

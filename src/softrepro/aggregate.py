@@ -112,13 +112,18 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None)
                 reason = f"{', '.join(cut)} not in the {scale.name} grid"
             elif len(sel) == 0:
                 reason = "no runs at this scale"
-            elif len(not_run):
+            elif len(not_run) == len(sel):
                 reason = str(not_run["reason"].iloc[0])
             if reason:
                 row.update(verdict=f"not run: {reason}", n=0, can_fail=False,
                            refutation=f"cannot fail at this scale: not run ({reason})")
                 out.append(_finish_row(row, claim, scale))
                 continue
+            missing = ""
+            if len(not_run):  # judged on the seeds that ran (the seed rule still applies); say which did not
+                missing = "; ".join(f"{e} seed {int(r.seed)}: not run ({r.reason})" for e, r in
+                                    zip(not_run["experiment"], not_run.itertuples()))
+                sel = sel[sel["status"] == "ok"]
             budget = resolved[exps[0]].get("steps")
             if claim["kind"] == "threshold":
                 j, seeds = _threshold(claim, paper, exps[0], sel, budget, steps_csv, level, scale.min_seeds)
@@ -134,6 +139,8 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None)
             row["reproduced_mean"] = d["mean"]
             row["seeds"] = ",".join(str(s) for s in seeds)
             row["can_fail"], row["refutation"] = refutation(claim, level, scale.min_seeds, budget)
+            if missing:
+                row["note"] = "; ".join(x for x in (row["note"], missing) if x)
             out.append(_finish_row(row, claim, scale))
     curve_cols = ["paper", "claim", "size", "median", "ci_low", "ci_high", "n"]
     return (pd.DataFrame(out).reindex(columns=CLAIM_COLUMNS),

@@ -127,15 +127,17 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class BatchStream:
     """Consecutive batches from concatenated per-epoch permutations (TF ``next_batch`` style)."""
 
-    def __init__(self, n: int, batch: int, seed: int):
-        self.n, self.batch, self.seed = n, batch, seed
+    def __init__(self, n: int, batch: int, seed: int, device: torch.device | str = "cpu"):
+        self.n, self.batch, self.seed, self.device = n, batch, seed, device
         self._cache: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation (drawn on the CPU, so the same on every device), moved to the
+        training device once per epoch rather than a batch of indices every step."""
         if epoch not in self._cache:
             self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._cache[epoch] = torch.randperm(self.n, generator=g)
+            self._cache[epoch] = torch.randperm(self.n, generator=g).to(self.device)
         return self._cache[epoch]
 
     def indices(self, step: int) -> torch.Tensor:
@@ -251,7 +253,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     log_every = exp.get("log_every", max(1, steps // 50))
     eval_every = exp.get("eval_every")
     ckpt_every = exp.get("checkpoint_every", max(1, min(200, steps // 5)))
-    stream = BatchStream(len(ytr), batch, seed)
+    stream = BatchStream(len(ytr), batch, seed, device)
     ckpt_path = run_dir / "checkpoint.pt"
     chash = config_hash({**exp, "seed": seed})
 
@@ -273,13 +275,14 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
 
     fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
     t0 = time.perf_counter()
-    win_loss = win_acc = 0.0
+    # the window's sums stay on the device (float64, as Python floats were): no sync per step
+    win_loss = win_acc = torch.zeros((), dtype=torch.float64, device=device)
     win_n = 0
     model.train()
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc=f"train seed {seed}",
                file=sys.stderr, disable=not progress, mininterval=2.0)
     for step in bar:
-        idx = stream.indices(step).to(device)
+        idx = stream.indices(step)
         xb, yb = xtr[idx], ytr[idx]
         if hasattr(loss_fn, "set_progress"):  # losses whose weight follows a schedule over training
             loss_fn.set_progress(step / steps)
@@ -294,22 +297,22 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         opt.step()
         if sched is not None:
             sched.step()
-        win_loss += float(loss.detach())
+        win_loss = win_loss + loss.detach().double()
         if classify:
-            win_acc += float((out.detach().argmax(1) == yb).float().mean())
+            win_acc = win_acc + (out.detach().argmax(1) == yb).float().mean().double()
         win_n += 1
         done = step + 1
         evaluate_now = bool(eval_every) and (done % eval_every == 0 or done == steps)
         if done % log_every == 0 or done == steps or evaluate_now:
-            row = {"step": done, "train_loss": win_loss / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
+            row = {"step": done, "train_loss": float(win_loss) / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:
-                row.update(train_accuracy=win_acc / win_n, train_sc_fraction=softmax_collapse_fraction(out, precision=loss_bits))
+                row.update(train_accuracy=float(win_acc) / win_n, train_sc_fraction=softmax_collapse_fraction(out, precision=loss_bits))
             if evaluate_now:
                 ev = evaluate_task(task, model, loss_fn, xte, yte)
                 row.update({k: v for k, v in ev.items() if k in ("test_accuracy", "test_loss") or not classify})
             history.append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-            win_loss = win_acc = 0.0
+            win_loss = win_acc = torch.zeros((), dtype=torch.float64, device=device)
             win_n = 0
         if done % ckpt_every == 0 and done < steps:
             _save_atomic({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
