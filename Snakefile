@@ -19,7 +19,8 @@ ROOT = Path(workflow.basedir)
 SCALE = str(config["scale"])
 RESULTS = str(config["results"])
 PAPERS = ",".join(config["papers"]) if isinstance(config["papers"], list) else str(config["papers"])
-PLAN = build(SCALE, PAPERS, ROOT, RESULTS, int(config.get("seeds_per_job", 0)))
+FAMILIES = str(config.get("families", "all"))
+PLAN = build(SCALE, PAPERS, ROOT, RESULTS, int(config.get("seeds_per_job", 0)), FAMILIES)
 LAYOUT = PLAN.layout
 SR = f"{sys.executable} -m softrepro.cli"
 

@@ -68,3 +68,34 @@ def project(tmp_path, monkeypatch):
     root = make_project(tmp_path / "proj")
     monkeypatch.chdir(root)
     return root
+
+
+UNREACHABLE = "http://softrepro-test.invalid/tiny"  # .invalid never resolves (RFC 2606)
+
+
+def tiny_cfg(digests: dict) -> dict:
+    """A registry entry for the tiny IDX dataset: canonical URLs that never answer, so only a mirror serves it."""
+    return {"description": "t", "license": "t", "citation": "t", "format": "idx",
+            "files": {name: {"urls": [f"{UNREACHABLE}/{name}.gz"], "compression": "gzip", "sha256": d}
+                      for name, d in digests.items()}}
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A mirror folder holding the tiny dataset (gzip), with SOFTREPRO_MIRROR pointing at it."""
+    from softrepro.fetch import MIRROR_ENV
+
+    digests = write_dataset(tmp_path / "mirror" / "tiny", gz=True)
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
+    return tmp_path / "mirror", digests
+
+
+def cli_run(root: Path, paper: str, experiment: str, out: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`softrepro run` of one seed-0 smoke run, as a separate process (so it can be killed)."""
+    import os
+    import sys
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "softrepro.cli", "run", "--paper", paper, "--experiment", experiment,
+                           "--seed", "0", "--scale", "smoke", "--out", str(out), "--no-progress"],
+                          cwd=root, env=env, capture_output=True, text=True)

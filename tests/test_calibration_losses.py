@@ -48,11 +48,11 @@ def test_alpha_schedule_is_linear_in_progress(name):
     fn = LOSSES.get(name)(alpha=0.1, alpha_end=0.2)
     at = {a: loss(name, alpha=a) for a in (0.1, 0.15, 0.2)}
     assert float(fn(Z, Y, None)) == pytest.approx(at[0.1])  # progress starts at 0
-    for t, a in ((0.0, 0.1), (0.5, 0.15), (1.0, 0.2)):
-        fn.set_progress(t)
-        assert float(fn(Z, Y, None)) == pytest.approx(at[a]), t
+    for step, a in ((0, 0.1), (50, 0.15), (100, 0.2)):  # the engine's hook: set_progress(step, steps)
+        fn.set_progress(step, 100)
+        assert float(fn(Z, Y, None)) == pytest.approx(at[a]), step
     fixed = LOSSES.get(name)(alpha=0.1)
-    fixed.set_progress(1.0)
+    fixed.set_progress(100, 100)
     assert float(fixed(Z, Y, None)) == pytest.approx(at[0.1])
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -7,24 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-from softrepro.datasets import ChecksumError, MIRROR_ENV, ensure, read_idx, sources
+from softrepro.datasets import read_idx
+from softrepro.fetch import MIRROR_ENV, ChecksumError, ensure, sources
 
-from conftest import REPO, write_dataset, write_idx
-
-UNREACHABLE = "http://softrepro-test.invalid/tiny"  # .invalid never resolves (RFC 2606)
-
-
-def tiny_cfg(digests):
-    return {"description": "t", "license": "t", "citation": "t", "format": "idx",
-            "files": {name: {"urls": [f"{UNREACHABLE}/{name}.gz"], "compression": "gzip", "sha256": d}
-                      for name, d in digests.items()}}
-
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    digests = write_dataset(tmp_path / "mirror" / "tiny", gz=True)
-    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
-    return tmp_path / "mirror", digests
+from conftest import REPO, tiny_cfg, write_idx
 
 
 def test_read_idx_round_trip(tmp_path):
@@ -88,15 +75,54 @@ def test_unreachable_dataset_is_reported_unavailable(project, tmp_path, monkeypa
 
 
 def test_sklearn_dataset_marker_and_split(tmp_path):
-    from softrepro.datasets import ensure, load_classification
+    from softrepro.datasets import load_splits
     from softrepro.spec import load_datasets
 
     cfg = load_datasets(REPO)["wdbc"]
     marker = ensure("wdbc", cfg, tmp_path)
     assert marker["available"] and marker["source"].startswith("scikit-learn") and marker["shape"] == [569, 30]
     assert not (tmp_path / "data").exists()  # bundled: nothing downloaded, nothing for DVC
-    a, b = load_classification("wdbc", cfg, tmp_path, seed=0), load_classification("wdbc", cfg, tmp_path, seed=1)
+    a, b = load_splits("wdbc", cfg, tmp_path, seed=0), load_splits("wdbc", cfg, tmp_path, seed=1)
     (xtr, ytr), (xte, yte) = a["train"], a["test"]
     assert len(ytr) + len(yte) == 569 and len(yte) == 171
     assert abs(ytr.mean() - yte.mean()) < 0.01  # stratified
     assert not np.array_equal(yte, b["test"][1]) or not np.array_equal(xte, b["test"][0])
+
+
+def test_formats_are_a_registry_and_text_is_character_level(tmp_path):
+    from softrepro.datasets import load_splits
+    from softrepro.registry import FORMATS
+
+    assert {"idx", "sklearn", "generated", "text"} <= set(FORMATS.names())
+    (tmp_path / "data" / "tiny-text").mkdir(parents=True)
+    (tmp_path / "data" / "tiny-text" / "input.txt").write_text("abcab\nba" * 10)
+    cfg = {"format": "text", "files": {"input.txt": {}}, "train_fraction": 0.75}
+    s = load_splits("tiny-text", cfg, tmp_path, seed=0)
+    assert s["vocab"] == ["\n", "a", "b", "c"]
+    assert len(s["train"]) == 60 and len(s["test"]) == 20 and s["train"].dtype == np.int64
+    assert "".join(s["vocab"][i] for i in s["train"][:8]) == "abcab\nba"
+
+
+def test_to_float_puts_channels_first_for_grey_and_colour_images():
+    from softrepro.datasets import to_float
+
+    grey = np.full((2, 4, 5), 255, dtype=np.uint8)
+    colour = np.zeros((2, 4, 5, 3), dtype=np.uint8)
+    colour[..., 2] = 255
+    assert to_float(grey).shape == (2, 1, 4, 5) and to_float(grey).max() == 1.0
+    c = to_float(colour)
+    assert c.shape == (2, 3, 4, 5) and c[:, 2].min() == 1.0 and c[:, :2].max() == 0.0
+    assert to_float(np.arange(3, dtype=np.int32)).dtype == np.int64
+
+
+@pytest.mark.skipif(not os.environ.get(MIRROR_ENV), reason="needs the data mirror (CI points SOFTREPRO_MIRROR at it)")
+def test_tinyshakespeare_verifies_and_loads_from_the_mirror(project):
+    from softrepro.datasets import load_splits
+    from softrepro.spec import load_datasets
+
+    cfg = load_datasets(project)["tinyshakespeare"]
+    marker = ensure("tinyshakespeare", cfg, project, log=lambda m: None)
+    assert marker["available"] and marker["sha256"]["input.txt"] == cfg["files"]["input.txt"]["sha256"]
+    s = load_splits("tinyshakespeare", cfg, project, seed=0)
+    assert len(s["vocab"]) == 65 and len(s["train"]) + len(s["test"]) == 1_115_394
+    assert len(s["train"]) == int(1_115_394 * 0.9)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softrepro.methods.gumbel import gumbel_softmax_sample, sample_gumbel
+from softrepro.methods.softmax.gumbel import gumbel_softmax_sample, sample_gumbel
 
 LOGITS = torch.tensor([1.0, 0.2, -0.5, 0.0])
 

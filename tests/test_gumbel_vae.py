@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softrepro.methods.gumbel_vae import (CategoricalVAE, annealed_tau, bernoulli_nll, categorical_kl_uniform, evaluate_vae,
+from softrepro.methods.softmax.gumbel_vae import (CategoricalVAE, annealed_tau, bernoulli_nll, categorical_kl_uniform, evaluate_vae,
                                           make_neg_elbo)
 from softrepro.registry import LOSSES, MODELS, TASKS
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from softrepro.methods.ldr import aldr_lambda, aldr_rescale
-from softrepro.methods.noisy_softmax import noisy_target_logits
+from softrepro.methods.losses.ldr import aldr_lambda, aldr_rescale
+from softrepro.methods.losses.noisy_softmax import noisy_target_logits
 from softrepro.registry import LOSSES
 
 Z = torch.tensor([[2.0, 0.5, -1.0, 0.3], [0.1, 0.2, 0.3, -0.4], [-2.0, 3.0, 0.0, 1.0], [0.7, -0.7, 1.5, 1.4]],

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from softrepro.methods.multilabel import evaluate_multilabel
-from softrepro.methods.sparsemax import predict_logistic, predict_softmax, predict_sparsemax
+from softrepro.methods.softmax.multilabel import evaluate_multilabel
+from softrepro.methods.softmax.sparsemax import predict_logistic, predict_softmax, predict_sparsemax
 from softrepro.registry import GENERATORS, LOSSES, MODELS, TASKS
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from softrepro.methods.neural_collapse import (
+from softrepro.methods.softmax.neural_collapse import (
     UFMDeepLinear,
     gof_s,
     gof_x,

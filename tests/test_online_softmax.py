@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax as ref_softmax
 
-from softrepro.methods import online_softmax as osm
+from softrepro.methods.kernels import online_softmax as osm
 from softrepro.registry import BENCHMARKS
 
 RNG = np.random.default_rng(0)

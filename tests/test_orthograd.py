@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from softrepro.methods.orthograd import OrthoGrad, orthogonalize_grads_
+from softrepro.methods.softmax.orthograd import OrthoGrad, orthogonalize_grads_
 from softrepro.registry import OPTIMIZERS
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from softrepro.methods.pau import ACTIVATIONS, LEAKY_RELU_DENOMINATOR, LEAKY_RELU_NUMERATOR, PAU, LeNet5, VGG8
+from softrepro.methods.softmax.pau import ACTIVATIONS, LEAKY_RELU_DENOMINATOR, LEAKY_RELU_NUMERATOR, PAU, LeNet5, VGG8
 from softrepro.registry import MODELS
 
 

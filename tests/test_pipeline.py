@@ -144,3 +144,34 @@ def test_gpu_profile_dry_run(tmp_path):
     root = make_project(tmp_path / "proj")
     proc = snakemake(root, "--profile", "workflow/profiles/gpu", "--config", "scale=paper", "-n", timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+REFERENCE = FIXTURES / "smoke-metrics-4cc50dd.csv"
+TIMING = {"train_seconds", "steps_per_second"}
+
+
+@pytest.mark.e2e
+def test_same_metrics_bit_for_bit_as_before_the_refactor(smoke_run):
+    """Every smoke run whose computation is unchanged since commit 4cc50dd (same run key) has the
+    same metrics to the last bit, at the same thread count, on the same kind of CPU.  The one
+    metric that moved is the sign-argmax accuracy, now reported by the SVM loss alone."""
+    ref = pd.read_csv(REFERENCE, comment="#")  # pandas reads floats back exactly (round trip)
+    cpu = json.loads(next((smoke_run / "results/smoke/cache").glob("*/seed0/metrics.json")).read_text())["provenance"]["cpu"]
+    if cpu != ref["cpu"].iloc[0]:
+        pytest.skip(f"the reference was computed on {ref['cpu'].iloc[0]!r}, this machine is {cpu!r}: "
+                    "float kernels may round differently")
+    compared = 0
+    for f in (smoke_run / "results/smoke/cache").glob("*/seed*/metrics.json"):
+        rec = json.loads(f.read_text())
+        row = ref[(ref["run_key"] == rec["run_key"]) & (ref["seed"] == rec["seed"])]
+        if rec["status"] != "ok" or rec["kind"] != "train" or not len(row):
+            continue
+        want = {k[7:]: v for k, v in row.iloc[0].items() if k.startswith("metric.") and pd.notna(v)}
+        if "l2svm" not in rec["run_key"]:
+            want.pop("test_accuracy_sign_argmax", None)
+        got = {k: v for k, v in rec["metrics"].items() if k not in TIMING}
+        want = {k: v for k, v in want.items() if k not in TIMING}
+        assert got.keys() == want.keys(), (rec["run_key"], got.keys() ^ want.keys())
+        assert all(got[k] == pytest.approx(want[k], rel=0, abs=0) for k in want), (rec["run_key"], rec["seed"])
+        compared += 1
+    assert compared >= 20, f"only {compared} runs share a run key with the reference"

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softrepro.methods.sparsemax import sparsemax, sparsemax_loss, sparsemax_threshold
+from softrepro.methods.softmax.sparsemax import sparsemax, sparsemax_loss, sparsemax_threshold
 from softrepro.registry import LOSSES
 
 

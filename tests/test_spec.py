@@ -68,7 +68,7 @@ def test_resolve_merges_overrides_and_deviations():
 
 
 def _paper(tmp_path, experiments, claims=None, name="tinyspec"):
-    doc = {"id": name, "title": "t", "arxiv": "0000.00000", "year": 2020, "seed_files": ["004_d8336d9b28eee527.txt"],
+    doc = {"id": name, "title": "t", "arxiv": "0000.00000", "year": 2020, "family": "losses", "seed_files": ["004_d8336d9b28eee527.txt"],
            "experiments": experiments,
            "claims": claims or [{"id": "c", "text": "t", "source": "s", "kind": "qualitative", "metric": "test_accuracy",
                                  "unit": "percent", "experiments": {"a": next(iter(experiments)), "b": next(iter(experiments))},

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softrepro.methods.stablemax import (log_stablemax, s, softmax_collapse_fraction, stablemax, stablemax_ce,
+from softrepro.methods.softmax.stablemax import (log_stablemax, s, softmax_collapse_fraction, stablemax, stablemax_ce,
                                          zero_loss_fraction)
 from softrepro.registry import LOSSES
 

@@ -9,10 +9,10 @@ import yaml
 
 from softrepro.runner import run_job
 
-from conftest import write_dataset
+from conftest import cli_run, write_dataset
 
 SPEC = {
-    "id": "tinytest", "title": "Tiny test paper", "arxiv": "0000.00000", "year": 2020,
+    "id": "tinytest", "title": "Tiny test paper", "arxiv": "0000.00000", "year": 2020, "family": "losses",
     "seed_files": ["004_d8336d9b28eee527.txt"],
     "experiments": {
         "tiny": {
@@ -59,10 +59,7 @@ def test_training_is_deterministic_per_seed_and_learns(tiny):
 
 
 def _cli(root, out, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "softrepro.cli", "run", "--paper", "tinytest", "--experiment", "tiny",
-                           "--seed", "0", "--scale", "smoke", "--out", str(out), "--no-progress"],
-                          cwd=root, env=env, capture_output=True, text=True)
+    return cli_run(root, "tinytest", "tiny", out, env_extra)
 
 
 def test_run_killed_mid_training_resumes_and_matches(tiny):
@@ -125,7 +122,7 @@ def test_tabular_dataset_with_preprocessing_and_relu_head(tiny):
 def test_preprocess_fits_on_the_training_split_only():
     import numpy as np
 
-    from softrepro.train import preprocess
+    from softrepro.datasets import preprocess
 
     rng = np.random.default_rng(0)
     xtr, xte = rng.normal(3.0, 2.0, (200, 12)), rng.normal(10.0, 1.0, (50, 12))

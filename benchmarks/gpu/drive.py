@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from softrepro.datasets import download_and_verify
+from softrepro.fetch import download_and_verify
 from softrepro.plan import build
 from softrepro.spec import load_datasets, resolve_experiment
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from softrepro.atomic import write_csv, write_json
 from softrepro.spec import Paper, claim_experiments, claim_metrics, evidence_level, resolve_experiment
 from softrepro.verdict import first_step, judge, judge_threshold, judge_up_to, refutation
 
@@ -33,6 +34,7 @@ def load_runs(metrics_files: list[str | Path]) -> pd.DataFrame:
         row = {k: rec.get(k) for k in ("paper", "experiment", "seed", "scale", "kind", "status", "reason", "wall_seconds")}
         row["git_commit"] = rec.get("provenance", {}).get("git_commit")
         row["device"] = rec.get("provenance", {}).get("device")
+        row["lock_sha256"] = rec.get("provenance", {}).get("lock_sha256")
         row.update({f"metric.{k}": v for k, v in rec.get("metrics", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -166,13 +168,16 @@ def report_context(papers: list[Paper], scale) -> dict:
         exps = {}
         for name, exp in paper.experiments.items():
             r = resolve_experiment(exp, scale.name)
-            figure = getattr(BENCHMARKS.get(r["benchmark"]["name"]), "figure", None) if r["kind"] == "benchmark" \
-                else {"kind": "training"}
+            if r["kind"] == "train":
+                figure = {"kind": "training"}
+            else:  # a benchmark that never runs here (skipped) may not even be registered
+                bench = r["benchmark"]["name"]
+                figure = getattr(BENCHMARKS.get(bench), "figure", None) if bench in BENCHMARKS else None
             exps[name] = {"deviations": r["deviations"], "skip": r.get("skip"), "planned": not r.get("grid_cut"),
                           "evidence_level": evidence_level([r]), "figure": figure}
         claims = {c["id"]: {k: c[k] for k in ("kind", "log", "expect", "published", "up_to") if k in c}
                   | {"experiments": claim_experiments(c)} for c in paper.claims}
-        out["papers"][paper.id] = {k: doc.get(k) for k in ("title", "authors", "arxiv", "year", "code", "seed_files",
+        out["papers"][paper.id] = {k: doc.get(k) for k in ("title", "authors", "arxiv", "year", "family", "code", "seed_files",
                                                            "protocol_sources")} | {"experiments": exps, "claims": claims}
     return out
 
@@ -182,8 +187,8 @@ def aggregate(plan, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = load_runs([root / f for f in plan.metrics_files()])
     claims, curves = judge_claims(plan.papers, runs, plan.scale, steps_csv=lambda *job: root / lay.steps(*job))
     (root / lay.base).mkdir(parents=True, exist_ok=True)
-    runs.to_csv(root / lay.file("runs.csv"), index=False)
-    claims.to_csv(root / lay.file("claims.csv"), index=False)
-    curves.to_csv(root / lay.file("up_to_curves.csv"), index=False)
-    (root / lay.file("papers.json")).write_text(json.dumps(report_context(plan.papers, plan.scale), indent=1) + "\n")
+    write_csv(runs, root / lay.file("runs.csv"))
+    write_csv(claims, root / lay.file("claims.csv"))
+    write_csv(curves, root / lay.file("up_to_curves.csv"))
+    write_json(report_context(plan.papers, plan.scale), root / lay.file("papers.json"))
     return runs, claims

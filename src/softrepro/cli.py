@@ -10,7 +10,8 @@ from softrepro.spec import SpecError, repo_root
 
 
 def _cmd_data(args) -> int:
-    from softrepro.datasets import ChecksumError, ensure
+    from softrepro.atomic import write_json
+    from softrepro.fetch import ChecksumError, ensure
     from softrepro.spec import load_datasets
 
     root = repo_root()
@@ -25,7 +26,7 @@ def _cmd_data(args) -> int:
         return 3
     out = Path(args.marker)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(marker, indent=2) + "\n")
+    write_json(marker, out)
     return 0
 
 
@@ -43,11 +44,11 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_link(args) -> int:
-    from softrepro.runner import link_job
+    from softrepro.plan import build
+    from softrepro.runner import link_paper
 
     root = repo_root()
-    link_job(root / "configs" / "papers" / f"{args.paper}.yaml", args.experiment, args.seed, args.scale,
-             Path(args.out), root, results=args.results)
+    link_paper(build(args.scale, args.paper, root, args.results, families="all"), args.paper, root)
     return 0
 
 
@@ -56,7 +57,7 @@ def _cmd_aggregate(args) -> int:
     from softrepro.plan import build
 
     root = repo_root()
-    _, claims = aggregate(build(args.scale, args.papers, root, args.results), root)
+    _, claims = aggregate(build(args.scale, args.papers, root, args.results, families=args.families), root)
     print(claims[["paper", "claim", "verdict"]].to_string(index=False))
     return 0
 
@@ -87,7 +88,7 @@ def _cmd_validate(args) -> int:
 def _cmd_plan(args) -> int:
     from softrepro.plan import build
 
-    plan = build(args.scale, args.papers, repo_root(), args.results)
+    plan = build(args.scale, args.papers, repo_root(), args.results, families=args.families)
     for j in plan.jobs:
         print(f"{j.paper}\t{j.experiment}\tseed{j.seed}\t{j.kind}\t{j.dataset or '-'}\t{j.skip or ''}")
     return 0
@@ -129,6 +130,16 @@ def _cmd_timings(args) -> int:
     return 0
 
 
+def _cmd_estimate(args) -> int:
+    from softrepro.estimate import report
+    from softrepro.plan import build
+
+    root = repo_root()
+    plan = build(args.scale, args.papers, root, families=args.families)
+    print(report(plan, [root / r for r in args.measured]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="softrepro", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -151,12 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_run)
 
-    s = sub.add_parser("link", help="write a job's record from the run it shares (or its not-run record)")
+    s = sub.add_parser("link", help="write every job record of a paper from the runs it shares (or its not-run records)")
     s.add_argument("--paper", required=True)
-    s.add_argument("--experiment", required=True)
-    s.add_argument("--seed", type=int, required=True)
     s.add_argument("--scale", required=True)
-    s.add_argument("--out", required=True)
     s.add_argument("--results", default="results")
     s.set_defaults(fn=_cmd_link)
 
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--scale", default="cpu")
         s.add_argument("--papers", default="all")
+        s.add_argument("--families", default="all")
         s.add_argument("--results", default="results")
         s.set_defaults(fn=fn)
 
@@ -172,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--scale", default="cpu")
     s.add_argument("--results", default="results")
     s.set_defaults(fn=_cmd_timings)
+
+    s = sub.add_parser("estimate", help="planned runs of a scale and their expected hours per device, from measured throughput")
+    s.add_argument("--scale", default="paper")
+    s.add_argument("--papers", default="all")
+    s.add_argument("--families", default="all")
+    s.add_argument("--measured", nargs="+", default=["results", "results-reference"],
+                   help="results folders whose finished runs give the throughput")
+    s.set_defaults(fn=_cmd_estimate)
 
     s = sub.add_parser("report", help="render the report notebook to HTML and PDF")
     s.add_argument("--scale", default="cpu")
@@ -183,11 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_cmd_validate)
 
     args = p.parse_args(argv)
+    from softrepro.atomic import DiskFull
+
     try:
         return args.fn(args)
     except SpecError as exc:
         print(f"spec error: {exc}", file=sys.stderr)
         return 2
+    except DiskFull as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

@@ -1,200 +1,21 @@
-"""Datasets: DVC first, then mirror/canonical download with verified payloads.
+"""Datasets once fetched (``softrepro.fetch`` gets them into ``data/``): loading by format and
+preparing arrays for training.
 
-``ensure`` is what the data rule runs.  For ``data/<name>``:
-
-1. if ``data/<name>.dvc`` is committed, ``dvc checkout`` (local or shared cache) and,
-   when a DVC remote is configured, ``dvc pull``;
-2. otherwise download every file from ``$SOFTREPRO_MIRROR/<name>/<file>`` and then the
-   canonical URLs, verify the digests (decompressed payloads, so a mirror with other
-   gzip headers verifies too), move the payloads into place, ``dvc add`` them and
-   ``dvc push`` when a remote is configured.
-
-A digest mismatch raises :class:`ChecksumError` (naming the file and both digests)
-before anything is moved into ``data/``.  If no source can be reached, the dataset
-is *unavailable*: ``ensure`` says so in its marker and the runs that need it are
-reported as "not run: dataset unavailable".
+``FORMATS`` maps a dataset's ``format`` (``configs/datasets.yaml``) to its loader: ``idx``
+(the MNIST family's image files), ``sklearn`` (tables bundled with scikit-learn), ``generated``
+(a registered generator), ``text`` (character-level text).  ``to_float`` and ``preprocess``
+turn the arrays into the model's inputs, with statistics from the training split only.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import gzip
 import hashlib
-import os
-import shutil
+import json
 import struct
-import subprocess
-import sys
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-MIRROR_ENV = "SOFTREPRO_MIRROR"
-CHUNK = 1 << 20
-
-
-class ChecksumError(RuntimeError):
-    def __init__(self, file: str, expected: str, actual: str, kind: str = "sha256"):
-        self.file, self.expected, self.actual = file, expected, actual
-        super().__init__(f"checksum mismatch for {file}: expected {kind} {expected}, got {actual}")
-
-
-class DatasetUnavailable(RuntimeError):
-    pass
-
-
-def _digest(path: Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sources(name: str, url: str) -> list[str]:
-    """Where a file may come from, in order: the mirror (if set), then the canonical URL."""
-    out = []
-    mirror = os.environ.get(MIRROR_ENV, "").strip()
-    if mirror:
-        base = os.path.basename(urllib.parse.urlparse(url).path)
-        if "://" in mirror:
-            out.append(f"{mirror.rstrip('/')}/{name}/{base}")
-        else:
-            out.append(str(Path(mirror).expanduser().resolve() / name / base))
-    out.append(url)
-    return out
-
-
-def _download(src: str, dest: Path, timeout: float = 30.0) -> None:
-    if "://" not in src or src.startswith("file://"):
-        local = Path(urllib.parse.urlparse(src).path if src.startswith("file://") else src)
-        shutil.copyfile(local, dest)  # FileNotFoundError when the mirror lacks it
-        return
-    req = urllib.request.Request(src, headers={"User-Agent": "softrepro"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out, CHUNK)
-
-
-def download_and_verify(name: str, cfg: dict, staging: Path, log=print) -> dict[str, str]:
-    """Fetch every file of dataset ``name`` into ``staging``; return payload sha256 per file.
-
-    Raises DatasetUnavailable if some file has no reachable source and
-    ChecksumError if a file arrives with the wrong digest.
-    """
-    staging.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for fname, fcfg in cfg["files"].items():
-        archive = staging / (fname + ".download")
-        errors = []
-        for url in fcfg["urls"]:
-            for src in sources(name, url):
-                try:
-                    _download(src, archive)
-                    log(f"[{name}] {fname}: fetched from {src}")
-                    break
-                except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
-                    errors.append(f"{src}: {exc}")
-            else:
-                continue
-            break
-        else:
-            raise DatasetUnavailable(f"no source reachable for {name}/{fname}: " + "; ".join(errors))
-        payload = staging / fname
-        if fcfg["compression"] == "gzip":
-            with gzip.open(archive, "rb") as src_fh, open(payload, "wb") as out:
-                shutil.copyfileobj(src_fh, out, CHUNK)
-            archive.unlink()
-        else:
-            archive.replace(payload)
-        digests[fname] = _digest(payload)
-        if digests[fname] != fcfg["sha256"]:
-            payload.unlink()
-            raise ChecksumError(f"{name}/{fname}", fcfg["sha256"], digests[fname])
-    return digests
-
-
-def verify_payloads(name: str, cfg: dict, target: Path) -> dict[str, str]:
-    """Digest every payload already in ``target``; raise ChecksumError on a mismatch."""
-    digests = {}
-    for fname, fcfg in cfg["files"].items():
-        path = target / fname
-        if not path.is_file():
-            raise FileNotFoundError(path)
-        digests[fname] = _digest(path)
-        if digests[fname] != fcfg["sha256"]:
-            raise ChecksumError(f"{name}/{fname}", fcfg["sha256"], digests[fname])
-    return digests
-
-
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
-def dvc_remote_configured(root: Path) -> bool:
-    proc = dvc("remote", "default", cwd=root, check=False)
-    return proc.returncode == 0 and bool(proc.stdout.strip())
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # one DVC operation at a time in this checkout
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def ensure(name: str, cfg: dict, root: Path, data_dir: str = "data", log=print) -> dict:
-    """Make ``<data_dir>/<name>`` present and verified; return the marker describing it."""
-    if cfg["format"] == "sklearn":
-        return _sklearn_marker(name, cfg)
-    if cfg["format"] == "generated":
-        return {"dataset": name, "available": True, "source": f"generated by code (generator {cfg['generator']!r})"}
-    data = root / data_dir
-    target, dvcfile = data / name, data / f"{name}.dvc"
-    rel = target.relative_to(root)
-    with _lock(data / ".softrepro.lock"):
-        source = None
-        if dvcfile.is_file():
-            if dvc("checkout", str(dvcfile.relative_to(root)), cwd=root, check=False).returncode == 0 and target.is_dir():
-                source = "dvc cache"
-            elif dvc_remote_configured(root):
-                if dvc("pull", str(dvcfile.relative_to(root)), cwd=root, check=False).returncode == 0 and target.is_dir():
-                    source = "dvc remote"
-        if source is None and target.is_dir():
-            with contextlib.suppress(FileNotFoundError, ChecksumError):
-                verify_payloads(name, cfg, target)
-                source = "data directory"
-        if source is None:
-            staging = data / f".{name}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                download_and_verify(name, cfg, staging, log=log)
-            except DatasetUnavailable as exc:
-                shutil.rmtree(staging, ignore_errors=True)
-                log(f"[{name}] unavailable: {exc}")
-                return {"dataset": name, "available": False, "reason": "dataset unavailable", "detail": str(exc)}
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-            source = "download"
-        digests = verify_payloads(name, cfg, target)
-        if source == "download" or not dvcfile.is_file():
-            dvc("add", str(rel), cwd=root)
-            if dvc_remote_configured(root):
-                dvc("push", str(dvcfile.relative_to(root)), cwd=root)
-    log(f"[{name}] ready ({source})")
-    return {"dataset": name, "available": True, "source": source, "path": str(rel), "sha256": digests}
+from softrepro.registry import FORMATS
 
 
 def _sklearn_bunch(cfg: dict):
@@ -203,7 +24,7 @@ def _sklearn_bunch(cfg: dict):
     return getattr(sklearn.datasets, cfg["loader"])()
 
 
-def _sklearn_marker(name: str, cfg: dict) -> dict:
+def sklearn_marker(name: str, cfg: dict) -> dict:
     """scikit-learn ships these datasets; record its version and a digest of the arrays."""
     import sklearn
 
@@ -230,35 +51,132 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def load_image_classification(name: str, root: Path, data_dir: str = "data") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train': (images uint8 [N,H,W], labels int64), 'test': (...)} for an IDX dataset."""
-    base = root / data_dir / name
+def load_splits(name: str, cfg: dict, root: Path, seed: int, data_dir: str = "data", params: dict | None = None) -> dict:
+    """A dataset's splits, from the loader registered for its ``format`` (``FORMATS``):
+    ``{'train': (x, y), 'test': (x, y)}`` for classification data (generators may add
+    ``n_outputs``), ``{'train': ids, 'test': ids, 'vocab': [...]}`` for text."""
+    from softrepro.registry import FORMATS
+
+    return FORMATS.get(cfg["format"])(name, cfg, root / data_dir, seed, params or {})
+
+
+@FORMATS.register("idx")
+def load_idx(name: str, cfg: dict, data: Path, seed: int, params: dict) -> dict:
+    """IDX image files (the MNIST family) with their published split: uint8 [N, H, W] grey
+    (or [N, H, W, C] colour) images and int64 labels."""
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        x = read_idx(base / f"{prefix}-images-idx3-ubyte")
-        y = read_idx(base / f"{prefix}-labels-idx1-ubyte").astype(np.int64)
+        x = read_idx(data / name / f"{prefix}-images-idx3-ubyte")
+        y = read_idx(data / name / f"{prefix}-labels-idx1-ubyte").astype(np.int64)
         out[split] = (x, y)
     return out
 
 
-def load_classification(name: str, cfg: dict, root: Path, seed: int, data_dir: str = "data", params: dict | None = None):
-    """{'train': (x, y), 'test': (x, y)} for any classification dataset of the registry.
+@FORMATS.register("sklearn")
+def load_sklearn(name: str, cfg: dict, data: Path, seed: int, params: dict) -> dict:
+    """A table bundled with scikit-learn, float64 [N, D], split into train/test stratified by class
+    with ``test_fraction``; the split is seeded by the run's seed (other seeds, other splits)."""
+    from sklearn.model_selection import train_test_split
 
-    IDX images come as uint8 [N, H, W] with their published split.  scikit-learn tables come
-    as float64 [N, D], split into train/test stratified by class with ``test_fraction``; the
-    split is seeded by the run's seed, so different seeds also see different splits.
-    """
-    if cfg["format"] == "idx":
-        return load_image_classification(name, root, data_dir)
-    if cfg["format"] == "sklearn":
-        from sklearn.model_selection import train_test_split
+    bunch = _sklearn_bunch(cfg)
+    x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=cfg["test_fraction"], stratify=y, random_state=seed)
+    return {"train": (xtr, ytr), "test": (xte, yte)}
 
-        bunch = _sklearn_bunch(cfg)
-        x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
-        xtr, xte, ytr, yte = train_test_split(x, y, test_size=cfg["test_fraction"], stratify=y, random_state=seed)
-        return {"train": (xtr, ytr), "test": (xte, yte)}
-    if cfg["format"] == "generated":
-        from softrepro.registry import GENERATORS
 
-        return GENERATORS.get(cfg["generator"])(seed, **{**cfg.get("defaults", {}), **(params or {})})
-    raise ValueError(f"dataset {name!r}: format {cfg['format']!r} holds no classification data")
+@FORMATS.register("generated")
+def load_generated(name: str, cfg: dict, data: Path, seed: int, params: dict) -> dict:
+    """Data made by a registered generator from the run's seed and the dataset's (and experiment's) parameters."""
+    from softrepro.registry import GENERATORS
+
+    return GENERATORS.get(cfg["generator"])(seed, **{**cfg.get("defaults", {}), **params})
+
+
+@FORMATS.register("text")
+def load_text(name: str, cfg: dict, data: Path, seed: int, params: dict) -> dict:
+    """Character-level text: the vocabulary is the file's sorted distinct characters, the ids are
+    int64, the first ``train_fraction`` of the text is the training split and the rest the
+    validation split (the char-rnn / nanoGPT convention)."""
+    files = list(cfg["files"])
+    text = "".join((data / name / f).read_text(encoding="utf-8") for f in files)
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text))
+    cut = int(len(ids) * float(params.get("train_fraction", cfg.get("train_fraction", 0.9))))
+    return {"train": ids[:cut], "test": ids[cut:], "vocab": vocab}
+
+
+# ----------------------------------------------------------------------------- preparation
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 images to [0, 1] floats with the channel first: grey [N, H, W] -> [N, 1, H, W],
+    colour [N, H, W, C] -> [N, C, H, W]; tables as float32; integer features as int64."""
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+        return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+    return x.astype(np.int64) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
+
+
+def preprocess(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None):
+    """Optional ``preprocess: {binarize, normalize, standardize, pca, reshape}``; statistics come from
+    the training split only.  ``normalize: [mean, std]`` keeps the shape; the others flatten first."""
+    if not cfg:
+        return xtr, xte
+    if cfg.get("binarize") is not None:  # fixed binarisation at a threshold
+        xtr, xte = (xtr > cfg["binarize"]).astype(np.float32), (xte > cfg["binarize"]).astype(np.float32)
+    if cfg.get("normalize"):
+        mean, std = cfg["normalize"]
+        xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    if not any(cfg.get(k) for k in ("standardize", "pca", "reshape")):
+        return xtr.astype(np.float32), xte.astype(np.float32)
+    xtr, xte = xtr.reshape(len(xtr), -1).astype(np.float64), xte.reshape(len(xte), -1).astype(np.float64)
+    if cfg.get("standardize"):
+        mu, sd = xtr.mean(0), xtr.std(0)
+        sd[sd == 0] = 1.0
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    if cfg.get("pca"):
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=cfg["pca"], svd_solver="full").fit(xtr)  # exact SVD: deterministic
+        xtr, xte = pca.transform(xtr), pca.transform(xte)
+    if cfg.get("reshape"):
+        shape = tuple(cfg["reshape"])
+        xtr, xte = xtr.reshape(len(xtr), *shape), xte.reshape(len(xte), *shape)
+    return xtr.astype(np.float32), xte.astype(np.float32)
+
+
+def preprocess_cached(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None, key: str | None, cache_dir: Path | None):
+    """``preprocess``, computed once per ``key`` and kept in ``cache_dir`` (an exact PCA of 55,000
+    images takes seconds, and every run and seed on the same data and settings needs the same
+    result).  The key must name everything the result depends on (``prepared_key``)."""
+    if not cfg or key is None or cache_dir is None:
+        return preprocess(xtr, xte, cfg)
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                return z["xtr"], z["xte"]
+        except (OSError, ValueError, KeyError):  # unreadable: computed again below
+            pass
+    from softrepro.atomic import write_atomic
+
+    xtr, xte = preprocess(xtr, xte, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, xtr=xtr, xte=xte)
+
+    write_atomic(path, save)
+    return xtr, xte
+
+
+def prepared_key(exp: dict, dataset_cfg: dict, threads: int) -> str | None:
+    """The identity of an experiment's prepared inputs, where they do not depend on the seed (a
+    dataset with a published split): the data's digests, the slices taken, the preprocessing
+    and the thread count (LAPACK's rounding in a PCA depends on it).  None where they do."""
+    if dataset_cfg["format"] != "idx" or not exp.get("preprocess"):
+        return None
+    what = {"files": {f: c["sha256"] for f, c in dataset_cfg["files"].items()}, "threads": threads,
+            **{k: exp.get(k) for k in ("dataset", "train_range", "train_subset", "test_subset", "preprocess")}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]

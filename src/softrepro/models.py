@@ -28,10 +28,12 @@ def _init(module: nn.Module, init: str) -> None:
 
 class ConvNet(nn.Module):
     """conv(k, 'same') -> ReLU -> maxpool 2 per entry of ``channels``, then one hidden
-    fully-connected layer with dropout and a linear readout (``self.readout``)."""
+    fully-connected layer with dropout and a linear readout (``self.readout``).
+    ``channels_last`` computes the convolutions in NHWC memory layout (about a fifth faster on
+    a CPU; the same model, other rounding)."""
 
     def __init__(self, in_shape=(1, 28, 28), n_classes=10, channels=(32, 64), kernel=5, hidden=1024,
-                 dropout=0.5, init="torch"):
+                 dropout=0.5, init="torch", channels_last: bool = False):
         super().__init__()
         c, h, w = in_shape
         layers = []
@@ -43,13 +45,15 @@ class ConvNet(nn.Module):
         self.readout = nn.Linear(hidden, n_classes)
         self.penultimate: torch.Tensor | None = None
         _init(self, init)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.features.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.penultimate = self.hidden(self.features(x))
+        self.penultimate = self.hidden(self.features(x.contiguous(memory_format=self.memory_format)))
         return self.readout(self.penultimate)
 
 
-@MODELS.register("convnet")
+@MODELS.register("convnet", forwards_to=ConvNet)
 def convnet(in_shape, n_classes, **kw) -> nn.Module:
     return ConvNet(in_shape=in_shape, n_classes=n_classes, **kw)
 
@@ -87,7 +91,7 @@ class MLP(nn.Module):
         return self.output(self.readout(self.penultimate))
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", forwards_to=MLP)
 def mlp(in_shape, n_classes, **kw) -> nn.Module:
     return MLP(in_shape=in_shape, n_classes=n_classes, **kw)
 
@@ -122,40 +126,7 @@ class VGGNet(nn.Module):
         return self.output(self.readout(self.penultimate))
 
 
-@MODELS.register("vggnet")
+@MODELS.register("vggnet", forwards_to=VGGNet)
 def vggnet(in_shape, n_classes, **kw) -> nn.Module:
     kw["blocks"] = tuple(tuple(b) for b in kw.get("blocks", ((32, 32), (64, 64))))
     return VGGNet(in_shape=in_shape, n_classes=n_classes, **kw)
-
-
-class ToyCNN(nn.Module):
-    """Ma et al. 2020's MNIST network (their ``ToyModel(type='MNIST')``): two blocks of
-    3x3 'same' conv + BatchNorm + ReLU + 2x2 max-pool (32, 64 channels), a 128-unit dense
-    layer with BatchNorm and ReLU, and a linear readout; Kaiming-uniform (fan-in) conv
-    weights and Xavier-uniform dense weights, biases left at torch's defaults."""
-
-    def __init__(self, in_shape=(1, 28, 28), n_classes=10, channels=(32, 64), hidden=128):
-        super().__init__()
-        c, h, w = in_shape
-        layers = []
-        for out in channels:
-            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
-            c, h, w = out, h // 2, w // 2
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.hidden = nn.Sequential(nn.Linear(c * h * w, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
-        self.readout = nn.Linear(hidden, n_classes)
-        self.penultimate: torch.Tensor | None = None
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.penultimate = self.hidden(self.features(x))
-        return self.readout(self.penultimate)
-
-
-@MODELS.register("toycnn")
-def toycnn(in_shape, n_classes, **kw) -> nn.Module:
-    return ToyCNN(in_shape=in_shape, n_classes=n_classes, **kw)

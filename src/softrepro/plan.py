@@ -67,6 +67,10 @@ class Plan:
     def metrics_files(self) -> list[str]:
         return [self.layout.metrics(j.paper, j.experiment, j.seed) for j in self.jobs]
 
+    def keys(self) -> list[str]:
+        """The distinct runs to compute (each for every seed of the scale)."""
+        return list(dict.fromkeys(j.key for j in self.jobs if j.key))
+
     def batch(self, seed: int) -> tuple[int, ...]:
         """The seeds computed by the same job as ``seed`` (all of the scale's, or chunks of ``seeds_per_job``)."""
         seeds = list(self.scale.seeds)
@@ -75,10 +79,11 @@ class Plan:
         return tuple(seeds[i * n : (i + 1) * n])
 
 
-def build(scale: str, papers="all", root: Path | None = None, results: str = "results", seeds_per_job: int = 0) -> Plan:
+def build(scale: str, papers="all", root: Path | None = None, results: str = "results", seeds_per_job: int = 0,
+          families: str = "all") -> Plan:
     root = root or repo_root()
     sc = load_scale(scale, root)
-    specs = load_papers(papers, root)
+    specs = load_papers(papers, root, families)
     jobs = []
     for paper in specs:
         for name, exp in paper.experiments.items():

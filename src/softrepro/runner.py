@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from softrepro import __version__
+from softrepro.atomic import write_atomic, write_csv, write_json
 from softrepro.layout import Layout
 from softrepro.registry import BENCHMARKS
 from softrepro.spec import load_paper, load_scale, resolve_experiment, run_key
@@ -40,7 +42,9 @@ def provenance(root: Path, threads: int) -> dict:
     from threadpoolctl import threadpool_info
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    lock = root / "requirements.lock"
     return {
+        "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
         "git_commit": _git(root, "rev-parse", "HEAD"),
         "git_dirty": bool(_git(root, "status", "--porcelain", "--untracked-files=no")),
         "softrepro": __version__,
@@ -55,12 +59,6 @@ def provenance(root: Path, threads: int) -> dict:
         "threads": threads,
         "device": f"cuda ({gpu})" if gpu else "cpu",
     }
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
@@ -91,7 +89,8 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
         record.update(status="not_run", reason=reason, metrics={})
         log(f"not run: {reason}")
     elif exp["kind"] == "train":
-        metrics, steps, extras = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log)
+        metrics, steps, extras = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log,
+                                       cache_dir=root / Layout(results, scale).prepared())
         record.update(status="ok", metrics=metrics, **extras)
     else:
         params = {k: v for k, v in exp["benchmark"].items() if k != "name"}
@@ -113,8 +112,8 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
         record.update(status="ok", metrics=metrics)
     record["wall_seconds"] = time.perf_counter() - t0
     record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    steps.to_csv(out_dir / "steps.csv", index=False)
-    _write_json_atomic(record, out_dir / "metrics.json")
+    write_csv(steps, out_dir / "steps.csv")
+    write_json(record, out_dir / "metrics.json")  # last: its presence means the run is complete
     return record
 
 
@@ -132,7 +131,10 @@ def run_batch(paper_path: Path, experiment: str, seeds: list[int], scale: str, o
         out = out_root / f"seed{seed}"
         prev = out / "metrics.json"
         if prev.is_file() and (out / "steps.csv").is_file():
-            rec = json.loads(prev.read_text())
+            try:
+                rec = json.loads(prev.read_text())
+            except ValueError:  # unreadable: not a finished run, so it runs again
+                rec = {}
             if rec.get("run_key") == key and rec.get("seed") == seed:
                 log(f"seed {seed}: already done ({prev})")
                 done[seed] = {"status": rec["status"], "wall_seconds": rec.get("wall_seconds"), "resumed": True}
@@ -141,19 +143,34 @@ def run_batch(paper_path: Path, experiment: str, seeds: list[int], scale: str, o
                       progress=progress, log=log, paper=paper)
         done[seed] = {"status": rec["status"], "wall_seconds": rec["wall_seconds"], "resumed": False}
     batch = {"run_key": key, "paper": paper.id, "experiment": experiment, "scale": scale, "seeds": done}
-    _write_json_atomic(batch, out_root / Path(Layout(results, scale).batch(key, seeds)).name)
+    write_json(batch, out_root / Path(Layout(results, scale).batch(key, seeds)).name)
     return batch
 
 
+def link_paper(plan, paper_id: str, root: Path) -> dict:
+    """Every job of one paper at the plan's scale: its record from the run it shares, with this
+    paper's description and deviations (``link_job``), then ``runs/<paper>/linked.json``."""
+    paper = next(p for p in plan.papers if p.id == paper_id)
+    lay = plan.layout
+    linked = []
+    for j in (j for j in plan.jobs if j.paper == paper_id):
+        link_job(paper.path, j.experiment, j.seed, plan.scale.name, root / lay.run(j.paper, j.experiment, j.seed), root,
+                 results=plan.results, paper=paper)
+        linked.append(f"{j.experiment}/seed{j.seed}")
+    record = {"paper": paper_id, "scale": plan.scale.name, "jobs": linked}
+    write_json(record, root / lay.linked(paper_id))
+    return record
+
+
 def link_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
-             results: str = "results") -> dict:
+             results: str = "results", paper=None) -> dict:
     """Write a job's record from the run it shares (``cache/<key>/seed<k>``), with this
     paper's description and deviations; a job skipped at this scale gets its not-run record."""
-    paper = load_paper(paper_path, root, check_names=False)  # checked when its run was planned
+    paper = paper or load_paper(paper_path, root, check_names=False)  # checked when its run was planned
     exp = resolve_experiment(paper.experiments[experiment], scale)
     if exp.get("skip"):
         return run_job(paper_path, experiment, seed, scale, out_dir, root, results=results, progress=False,
-                       log=lambda m: None)
+                       log=lambda m: None, paper=paper)
     key = run_key(exp)
     cache = root / Layout(results, scale).cache_run(key, seed)
     record = json.loads((cache / "metrics.json").read_text())
@@ -161,9 +178,6 @@ def link_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: 
         raise RuntimeError(f"{cache}/metrics.json belongs to run {record.get('run_key')!r}, not {key!r}")
     record.update(paper=paper.id, experiment=experiment, config=exp, deviations=exp["deviations"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = out_dir / "steps.csv"
-    tmp = steps.with_suffix(".csv.tmp")
-    shutil.copyfile(cache / "steps.csv", tmp)
-    os.replace(tmp, steps)
-    _write_json_atomic(record, out_dir / "metrics.json")
+    write_atomic(out_dir / "steps.csv", lambda tmp: shutil.copyfile(cache / "steps.csv", tmp))
+    write_json(record, out_dir / "metrics.json")
     return record

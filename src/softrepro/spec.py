@@ -172,7 +172,7 @@ def load_datasets(root: Path | None = None) -> dict[str, dict]:
 def load_paper(path: Path, root: Path | None = None, datasets: dict | None = None, check_names: bool = True) -> Paper:
     """Load and fully check one paper spec (schema, cross-references, registered names;
     ``check_names=False`` skips the registries, which import every method module)."""
-    from softrepro.registry import BENCHMARKS, LOSSES, MODELS, OPTIMIZERS, PROBES, TASKS
+    from softrepro.registry import BENCHMARKS, GENERATORS, LOSSES, MODELS, OPTIMIZERS, PROBES, SCHEDULES, TASKS
 
     root = root or repo_root()
     path = Path(path)
@@ -209,9 +209,18 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         if exp["kind"] == "train":
             if exp["dataset"] not in datasets:
                 raise SpecError(path, f"{where}.dataset", f"unknown dataset {exp['dataset']!r} (configs/datasets.yaml has {', '.join(datasets)})")
-            for key, registry in (("model", MODELS), ("loss", LOSSES), ("optimizer", OPTIMIZERS)):
-                if exp[key]["name"] not in registry:
+            for key, registry in (("model", MODELS), ("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+                if key in exp and exp[key]["name"] not in registry:
                     raise SpecError(path, f"{where}.{key}.name", f"unknown {key} {exp[key]['name']!r} (known: {', '.join(registry.names())})")
+            generator = datasets[exp["dataset"]].get("generator")
+            for scale in SCALES:  # every factory's keys, as resolved at each scale
+                r = resolve_experiment(exp, scale)
+                for key, registry in (("model", MODELS), ("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+                    if key in r:
+                        _check_keys(registry, r[key]["name"], r[key], path, f"{where}.{key}", scale)
+                if generator:
+                    _check_keys(GENERATORS, generator, {**datasets[exp["dataset"]].get("defaults", {}), **r.get("data", {})},
+                                path, f"{where}.data", scale)
             if exp.get("task", "classification") not in ["classification", *TASKS.names()]:
                 raise SpecError(path, f"{where}.task", f"unknown task {exp['task']!r} (known: classification, {', '.join(TASKS.names())})")
             for i, probe in enumerate(exp.get("probes", [])):
@@ -219,6 +228,10 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
                     raise SpecError(path, f"{where}.probes[{i}]", f"unknown probe {probe!r} (known: {', '.join(PROBES.names())})")
         elif exp["benchmark"]["name"] not in BENCHMARKS:
             raise SpecError(path, f"{where}.benchmark.name", f"unknown benchmark {exp['benchmark']['name']!r} (known: {', '.join(BENCHMARKS.names())})")
+        else:
+            for scale in SCALES:
+                _check_keys(BENCHMARKS, exp["benchmark"]["name"], resolve_experiment(exp, scale)["benchmark"], path,
+                            f"{where}.benchmark", scale)
     seen = set()
     for i, claim in enumerate(doc["claims"]):
         where = f"claims[{i}]"
@@ -232,6 +245,17 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
                 raise SpecError(path, f"{where}.{key}", f"unknown experiment {ref!r} (spec has {', '.join(doc['experiments'])})")
         _check_claim(claim, doc["experiments"], path, where, root)
     return Paper(id=doc["id"], path=path, doc=doc, experiments=doc["experiments"], claims=doc["claims"])
+
+
+def _check_keys(registry, name: str, given: dict, path: Path, where: str, scale: str) -> None:
+    """A misspelt or unknown parameter of a registered factory fails here, not inside a job."""
+    accepted = registry.accepted(name)
+    if accepted is None:
+        return
+    unknown = sorted(set(given) - {"name"} - accepted)
+    if unknown:
+        raise SpecError(path, f"{where}.{unknown[0]}", f"unknown parameter {unknown[0]!r} of {registry.kind} {name!r} "
+                        f"(at scale {scale}; it takes: {', '.join(sorted(accepted)) or 'no parameters'})")
 
 
 def claim_experiments(claim: dict) -> list[str]:
@@ -298,7 +322,8 @@ def _check_claim(claim: dict, experiments: dict, path: Path, where: str, root: P
                         f"{', '.join(sorted(missing))}, so it is faithful there; list it, or tag the deviation that makes it not so")
 
 
-def load_papers(selection: str | list[str] | None = "all", root: Path | None = None) -> list[Paper]:
+def load_papers(selection: str | list[str] | None = "all", root: Path | None = None, families: str | None = "all") -> list[Paper]:
+    """The specs of ``selection`` ("all" or ids), keeping those of ``families`` ("all" or names)."""
     root = root or repo_root()
     paper_dir = root / "configs" / "papers"
     available = sorted(p.stem for p in paper_dir.glob("*.yaml"))
@@ -311,7 +336,15 @@ def load_papers(selection: str | list[str] | None = "all", root: Path | None = N
         if missing:
             raise SpecError(paper_dir, "papers", f"no spec for {', '.join(missing)} (have {', '.join(available)})")
     datasets = load_datasets(root)
-    return [load_paper(paper_dir / f"{i}.yaml", root, datasets) for i in ids]
+    papers = [load_paper(paper_dir / f"{i}.yaml", root, datasets) for i in ids]
+    if families not in (None, "all", ""):
+        wanted = {f.strip() for f in families.split(",")}
+        known = {p.doc["family"] for p in papers}
+        if wanted - known:
+            raise SpecError(paper_dir, "families", f"no paper of family {', '.join(sorted(wanted - known))} "
+                            f"(the selected specs have {', '.join(sorted(known))})")
+        papers = [p for p in papers if p.doc["family"] in wanted]
+    return papers
 
 
 def load_protocol(name: str, root: Path, spec_path: Path | None = None, where: str = "protocol") -> dict:

@@ -10,6 +10,7 @@ it and finishes with the same numbers as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -26,10 +27,11 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from softrepro import noise as label_noise
+from softrepro.atomic import write_atomic
 from softrepro.calibration import calibration_metrics, reliability_bins
-from softrepro.datasets import load_classification
+from softrepro.datasets import load_splits, prepared_key, preprocess_cached, to_float
 from softrepro.probes import softmax_collapse_fraction
-from softrepro.registry import LOSSES, MODELS, OPTIMIZERS, PROBES, TASKS
+from softrepro.registry import LOSSES, MODELS, OPTIMIZERS, PROBES, SCHEDULES, TASKS
 from softrepro.spec import load_datasets
 
 FAULT_ENV = "SOFTREPRO_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after that step
@@ -50,50 +52,16 @@ def config_hash(exp: dict) -> str:
     return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _prepare(x: np.ndarray) -> np.ndarray:
-    """Images (uint8) to [0, 1] with a channel axis; tables as float32."""
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-        return x[:, None] if x.ndim == 3 else x
-    return x.astype(np.int64) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
-
-
-def preprocess(xtr: np.ndarray, xte: np.ndarray, cfg: dict | None):
-    """Optional ``preprocess: {normalize, standardize, pca, reshape}``; statistics come from the
-    training split only.  ``normalize: [mean, std]`` keeps the shape; the others flatten first."""
-    if not cfg:
-        return xtr, xte
-    if cfg.get("binarize") is not None:  # fixed binarisation at a threshold
-        xtr, xte = (xtr > cfg["binarize"]).astype(np.float32), (xte > cfg["binarize"]).astype(np.float32)
-    if cfg.get("normalize"):
-        mean, std = cfg["normalize"]
-        xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    if not any(cfg.get(k) for k in ("standardize", "pca", "reshape")):
-        return xtr.astype(np.float32), xte.astype(np.float32)
-    xtr, xte = xtr.reshape(len(xtr), -1).astype(np.float64), xte.reshape(len(xte), -1).astype(np.float64)
-    if cfg.get("standardize"):
-        mu, sd = xtr.mean(0), xtr.std(0)
-        sd[sd == 0] = 1.0
-        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-    if cfg.get("pca"):
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=cfg["pca"], svd_solver="full").fit(xtr)  # exact SVD: deterministic
-        xtr, xte = pca.transform(xtr), pca.transform(xte)
-    if cfg.get("reshape"):
-        shape = tuple(cfg["reshape"])
-        xtr, xte = xtr.reshape(len(xtr), *shape), xte.reshape(len(xte), *shape)
-    return xtr.astype(np.float32), xte.astype(np.float32)
-
-
-def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
+def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0, threads: int = 1, cache_dir: Path | None = None):
     """Tensors (x_train, y_train, x_test, y_test, n_outputs) on ``device``, and the label-noise record.
 
     Labels are int64 class indices, or float rows (multi-label proportions) for generated
     multi-label data; ``targets: inputs`` makes the flattened inputs the targets (autoencoders).
+    Preprocessed inputs that do not depend on the seed are computed once into ``cache_dir``.
     """
     name = exp["dataset"]
-    splits = load_classification(name, load_datasets(root)[name], root, seed, params=exp.get("data"))
+    dataset_cfg = load_datasets(root)[name]
+    splits = load_splits(name, dataset_cfg, root, seed, params=exp.get("data"))
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     if "train_range" in exp:
         lo, hi = exp["train_range"]
@@ -108,7 +76,8 @@ def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
     noise_record = {"kind": "none", "rate": 0.0, "flipped": 0, "realised_rate": 0.0}
     if labels:
         ytr, noise_record = label_noise.apply(ytr, n_out, exp.get("noise"), seed)  # training labels only
-    xtr, xte = preprocess(_prepare(xtr), _prepare(xte), exp.get("preprocess"))
+    xtr, xte = preprocess_cached(to_float(xtr), to_float(xte), exp.get("preprocess"),
+                                 prepared_key(exp, dataset_cfg, threads), cache_dir)
     if exp.get("targets") == "inputs":
         ytr, yte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
         n_out = ytr.shape[1]
@@ -122,6 +91,14 @@ def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0):
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Serialised in memory, then written whole (``write_atomic``): a full disk then raises the
+    operating system's ENOSPC, which torch's own file writer reports as an opaque RuntimeError."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 class BatchStream:
@@ -155,22 +132,25 @@ class BatchStream:
 def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False):
     """Accuracy, the training loss, and calibration of softmax(outputs) on (x, y)."""
     model.eval()
-    correct = correct_sign = correct_top5 = 0
+    correct = correct_top5 = 0
     loss_sum = 0.0
     probs = []
+    extra = getattr(loss_fn, "test_counts", None)  # a loss's own test measures: {name: count over the batch}
+    counts: dict[str, float] = {}
     for i in range(0, len(y), batch):
         xb, yb = x[i : i + batch], y[i : i + batch]
         out = model(xb)
         loss_sum += float(loss_fn(out, yb, model)) * len(yb)
         probs.append(F.softmax(out.double(), 1).cpu())
         correct += int((out.argmax(1) == yb).sum())
-        correct_sign += int((torch.sign(out).argmax(1) == yb).sum())
+        for name, c in (extra(out, yb) if extra else {}).items():
+            counts[name] = counts.get(name, 0) + c
         if out.shape[1] > 5:
             correct_top5 += int((out.topk(5, 1).indices == yb[:, None]).any(1).sum())
     model.train()
     n = len(y)
     p, t = torch.cat(probs), y.cpu()
-    metrics = {"test_accuracy": correct / n, "test_loss": loss_sum / n, "test_accuracy_sign_argmax": correct_sign / n,
+    metrics = {"test_accuracy": correct / n, "test_loss": loss_sum / n, **{k: c / n for k, c in counts.items()},
                **calibration_metrics(p, t)}
     if p.shape[1] > 5:
         metrics["test_top5_accuracy"] = correct_top5 / n
@@ -200,23 +180,11 @@ def _make_schedule(cfg: dict | None, opt, steps: int):
     """Learning-rate schedule stepped once per training step (``schedule: {name, ...}``)."""
     if not cfg:
         return None
-    if cfg["name"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.get("eta_min", 0.0))
-    if cfg["name"] == "step" and "step_size" in cfg:
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg.get("gamma", 0.1))
-    if cfg["name"] == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg["milestones"], gamma=cfg.get("gamma", 0.1))
-    raise ValueError(f"unknown schedule {cfg['name']!r} (cosine, step)")
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    return SCHEDULES.get(cfg["name"])(opt, steps, **{k: v for k, v in cfg.items() if k != "name"})
 
 
 def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, progress: bool = True,
-          log=print) -> tuple[dict, pd.DataFrame, dict]:
+          log=print, cache_dir: Path | None = None) -> tuple[dict, pd.DataFrame, dict]:
     """Train and evaluate; returns (scalar metrics, per-step log, extras for metrics.json).
 
     numpy/scipy's BLAS and LAPACK (PCA, standardisation) run at the job's thread count, like
@@ -224,10 +192,10 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     unstable run (e.g. the ReLU classifier) into another outcome.  A run started by hand then
     matches the same run started by Snakemake."""
     with threadpool_limits(limits=threads):
-        return _train(exp, seed, run_dir, root, threads, progress, log)
+        return _train(exp, seed, run_dir, root, threads, progress, log, cache_dir)
 
 
-def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progress: bool, log):
+def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progress: bool, log, cache_dir):
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(threads)  # CPU kernels are deterministic for a fixed thread count
@@ -236,7 +204,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         torch.use_deterministic_algorithms(True, warn_only=True)  # (costs a second of imports: GPU only)
     seed_everything(seed)
 
-    (xtr, ytr, xte, yte, n_classes), noise_record = load_data(exp, root, device, seed)
+    (xtr, ytr, xte, yte, n_classes), noise_record = load_data(exp, root, device, seed, threads, cache_dir)
     model_cfg = dict(exp["model"])
     model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(xtr.shape[1:]), n_classes=n_classes, **model_cfg)
     model = model.to(device=device, dtype=DTYPES[exp.get("dtype", "float32")])
@@ -258,8 +226,14 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     chash = config_hash({**exp, "seed": seed})
 
     start_step, history, elapsed_before = 0, [], 0.0
+    state = None
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as exc:  # a truncated or corrupt file: never fatal, the run starts again
+            log(f"checkpoint {ckpt_path} is unreadable ({type(exc).__name__}: {exc}); starting afresh")
+            ckpt_path.unlink()
+    if state is not None:
         if state["config_hash"] == chash:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -273,6 +247,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         else:
             log("checkpoint belongs to another configuration; starting afresh")
 
+    progress_hooks = [obj for obj in (loss_fn, model) if hasattr(obj, "set_progress")]  # set_progress(step, steps)
     fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
     t0 = time.perf_counter()
     # the window's sums stay on the device (float64, as Python floats were): no sync per step
@@ -284,10 +259,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     for step in bar:
         idx = stream.indices(step)
         xb, yb = xtr[idx], ytr[idx]
-        if hasattr(loss_fn, "set_progress"):  # losses whose weight follows a schedule over training
-            loss_fn.set_progress(step / steps)
-        if hasattr(model, "set_progress"):  # e.g. a temperature annealed over training
-            model.set_progress(step, steps)
+        for hooked in progress_hooks:  # e.g. a loss weight or a temperature that follows training progress
+            hooked.set_progress(step, steps)
         out = model(xb)
         loss = loss_fn(out, yb, model)
         opt.zero_grad(set_to_none=True)
@@ -315,12 +288,12 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             win_loss = win_acc = torch.zeros((), dtype=torch.float64, device=device)
             win_n = 0
         if done % ckpt_every == 0 and done < steps:
-            _save_atomic({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "schedule": sched.state_dict() if sched is not None else None,
-                          "rng_cpu": torch.get_rng_state(),
-                          "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                          "history": history, "elapsed": elapsed_before + time.perf_counter() - t0,
-                          "config_hash": chash}, ckpt_path)
+            save_checkpoint({"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "schedule": sched.state_dict() if sched is not None else None,
+                             "rng_cpu": torch.get_rng_state(),
+                             "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                             "history": history, "elapsed": elapsed_before + time.perf_counter() - t0,
+                             "config_hash": chash}, ckpt_path)
         if fault_step and done == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()

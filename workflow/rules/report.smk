@@ -7,7 +7,7 @@ localrules: aggregate, report
 
 rule aggregate:
     input:
-        runs=PLAN.metrics_files(),
+        linked=[LAYOUT.linked(p.id) for p in PLAN.papers],
         specs=[str(p.path.relative_to(ROOT)) for p in PLAN.papers],
     output:
         runs=LAYOUT.file("runs.csv"),
@@ -17,7 +17,7 @@ rule aggregate:
     log:
         LAYOUT.log("aggregate"),
     shell:
-        "{SR} aggregate --scale {SCALE} --papers {PAPERS} --results {RESULTS} > {log} 2>&1"
+        "{SR} aggregate --scale {SCALE} --papers {PAPERS} --families {FAMILIES} --results {RESULTS} > {log} 2>&1"
 
 
 rule report:

@@ -2,10 +2,10 @@
 # papers need it: its seeds in one process (all of the scale's, or chunks of `seeds_per_job`;
 # imports, spec checks and the dataset load are paid once a job), each seed into
 # cache/<key>/seed<k>, then the job's record cache/<key>/runs_<seeds>.json.  An interrupted
-# job resumes at the seed it was on.  A job (rule `link`) is one (paper,
-# experiment, seed): that run's record with the paper's own deviations, under
-# runs/<paper>/<experiment>/seed<k>.  params.config is the rerun trigger: editing a claim's text
-# reruns nothing; editing what an experiment computes reruns it.
+# job resumes at the seed it was on.  A job is one (paper, experiment, seed): rule `link` writes
+# all of a paper's jobs, each its run's record with the paper's own deviations, under
+# runs/<paper>/<experiment>/seed<k>, then runs/<paper>/linked.json.  params.config is the rerun
+# trigger: editing a claim's text reruns nothing; editing what an experiment computes reruns it.
 
 
 localrules: link
@@ -57,23 +57,22 @@ rule run:
 
 
 def _link_inputs(w):
-    j = PLAN.job(w.paper, w.experiment, int(w.seed))
-    return [LAYOUT.batch(j.key, PLAN.batch(j.seed))] if j.key else []
+    return sorted({LAYOUT.batch(j.key, PLAN.batch(j.seed)) for j in PLAN.jobs if j.paper == w.paper and j.key})
+
+
+def _paper_config(w):
+    paper = next(p for p in PLAN.papers if p.id == w.paper)
+    return json.dumps({e: json.loads(_resolved(w.paper, e)) for e in paper.experiments}, sort_keys=True)
 
 
 rule link:
     input:
         _link_inputs,
     output:
-        metrics=LAYOUT.metrics("{paper}", "{experiment}", "{seed}"),
-        steps=LAYOUT.steps("{paper}", "{experiment}", "{seed}"),
+        LAYOUT.linked("{paper}"),
     params:
-        config=lambda w: _resolved(w.paper, w.experiment),
-        out=lambda w, output: str(Path(output.metrics).parent),
-    wildcard_constraints:
-        seed=r"\d+",
-    # a shell command, not a `run:` block: Snakemake spawns a whole Snakemake (re-parsing this
-    # workflow) for each `run:` job, which costs more than this small CLI call
+        config=_paper_config,
+    # one process per paper (not per job): a shell command, not a `run:` block, since Snakemake
+    # spawns a whole Snakemake (re-parsing this workflow) for each `run:` job
     shell:
-        "{SR} link --paper {wildcards.paper} --experiment {wildcards.experiment} --seed {wildcards.seed}"
-        " --scale {SCALE} --out {params.out} --results {RESULTS}"
+        "{SR} link --paper {wildcards.paper} --scale {SCALE} --results {RESULTS}"

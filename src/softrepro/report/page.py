@@ -247,6 +247,8 @@ def runs_table(res: Results, pid: str, pc: pd.DataFrame) -> str:
 
 def provenance(res: Results) -> list:
     prov = sorted({(str(r.get("device")), str(r.get("git_commit"))[:10]) for r in res.runs.to_dict("records")})
+    locks = sorted({str(x)[:16] for x in res.runs.get("lock_sha256", pd.Series(dtype=str)).dropna()})
     return ["<h2>Provenance</h2><p class='small'>Devices and commits of the runs in this report: "
-            + "; ".join(f"{E(d)} @ {E(c)}" for d, c in prov) + f". Runs: <code>{E(str(res.out / 'runs.csv'))}</code>, "
+            + "; ".join(f"{E(d)} @ {E(c)}" for d, c in prov) + ". Environment: <code>requirements.lock</code> sha256 "
+            + (", ".join(f"<code>{E(x)}…</code>" for x in locks) or "not recorded") + f". Runs: <code>{E(str(res.out / 'runs.csv'))}</code>, "
             f"claims: <code>{E(str(res.out / 'claims.csv'))}</code>.</p>"]

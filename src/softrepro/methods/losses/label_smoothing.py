@@ -25,8 +25,9 @@ class Scheduled:
         self.end = alpha if alpha_end is None else alpha_end
         self.alpha = alpha
 
-    def set_progress(self, t: float) -> None:
-        self.alpha = self.start + (self.end - self.start) * t
+    def set_progress(self, step: int, steps: int) -> None:
+        """The engine's progress hook (before training step ``step`` of ``steps``)."""
+        self.alpha = self.start + (self.end - self.start) * (step / steps)
 
     def __call__(self, logits, targets, model):
         return self.fn(logits, targets, self.alpha)

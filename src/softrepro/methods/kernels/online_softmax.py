@@ -198,7 +198,7 @@ def _time_once(fn, min_time_s: float) -> float:
 SPEEDUPS = {"softmax_speedup": ("safe", "online"), "topk_speedup": ("safe_topk_unfused", "online_topk_fused")}
 
 
-@BENCHMARKS.register("online_softmax")
+@BENCHMARKS.register("online_softmax", params=("batch_size", "v_start", "v_max", "k", "min_time_s", "repeats", "max_bytes"))
 def run_benchmark(params: dict, seed: int, progress=None) -> tuple[dict, list[dict]]:
     """One row per (V, repeat): each variant's time per call (``t_<variant>``, seconds) and the
     two speedups of that repeat.  Within a repeat the variants run one after another on the same

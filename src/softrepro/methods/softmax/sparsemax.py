@@ -16,7 +16,7 @@ q = y / |y|_1.  Integer class indices (B,) are taken as one-hot.  Each returns t
   (github.com/Unbabel/sparsemax at 27d2a1a); ``class_reduction="mean"`` averages over classes instead.
 
 Each loss callable carries ``predict(out) -> (distribution, label_mask)`` for the ``multilabel`` task
-(softrepro.methods.multilabel), with ONE fixed decision rule each.  The repo tunes these rules on held-out
+(softrepro.methods.softmax.multilabel), with ONE fixed decision rule each.  The repo tunes these rules on held-out
 data (train_multilabel_classifier_lbfgs.py: sparsemax scale in {1, 1.5, ..., 5}, softmax threshold in
 {1, ..., 10}/K, logistic threshold in {0.05, ..., 0.5}); here they are fixed at sparsemax support at
 scale 1, softmax p > 1/K and logistic sigmoid > 0.5.

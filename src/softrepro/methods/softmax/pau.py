@@ -155,11 +155,11 @@ class VGG8(nn.Module):
         return self.readout(self.penultimate)
 
 
-@MODELS.register("lenet5")
+@MODELS.register("lenet5", forwards_to=LeNet5)
 def lenet5(in_shape, n_classes, **kw) -> nn.Module:
     return LeNet5(in_shape=in_shape, n_classes=n_classes, **kw)
 
 
-@MODELS.register("vgg8")
+@MODELS.register("vgg8", forwards_to=VGG8)
 def vgg8(in_shape, n_classes, **kw) -> nn.Module:
     return VGG8(in_shape=in_shape, n_classes=n_classes, **kw)

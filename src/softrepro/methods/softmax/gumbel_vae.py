@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softrepro.methods.gumbel import gumbel_softmax_sample
+from softrepro.methods.softmax.gumbel import gumbel_softmax_sample
 from softrepro.models import _init
 from softrepro.registry import LOSSES, MODELS, TASKS
 
@@ -128,7 +128,7 @@ class CategoricalVAE(nn.Module):
         return self.decode(self.z)
 
 
-@MODELS.register("categorical_vae")
+@MODELS.register("categorical_vae", forwards_to=CategoricalVAE)
 def categorical_vae(in_shape=(1, 28, 28), n_classes=None, **kw) -> nn.Module:
     if "hidden" in kw:
         kw["hidden"] = tuple(kw["hidden"])

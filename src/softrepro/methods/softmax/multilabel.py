@@ -8,7 +8,7 @@ Source of every procedure below: github.com/Unbabel/sparsemax at 27d2a1a (HEAD),
 - generator ``toy_multilabel``: documents as word-count vectors with label proportions as targets.
 - task ``multilabel``: loss, JSD, squared error, micro/macro F1, sparsity and support size on a test set.
   The predicted distribution and label set come from the loss (``loss_fn.predict``, set by the
-  factories in ``softrepro.methods.sparsemax``).
+  factories in ``softrepro.methods.softmax.sparsemax``).
 - model ``linear``: x -> W x + b, the repo's linear model (it adds a bias feature).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from softrepro.methods.sparsemax import label_proportions
+from softrepro.methods.softmax.sparsemax import label_proportions
 from softrepro.registry import GENERATORS, MODELS, TASKS
 
 
@@ -183,6 +183,6 @@ class Linear(nn.Module):
         return self.readout(self.penultimate)
 
 
-@MODELS.register("linear")
+@MODELS.register("linear", forwards_to=Linear)
 def linear(in_shape, n_classes, **kw) -> nn.Module:
     return Linear(in_shape=in_shape, n_classes=n_classes, **kw)

@@ -13,21 +13,13 @@ Differences from the official wrapper, all in plumbing:
   SGD momentum 0.8.
 - ``state_dict`` here is the base's, moments included.
 - A closure is evaluated once, before the projection.
-
-Also registers the plain ``adam``, ``adamw`` and ``sgd`` factories: ``make(params, **kw) -> Optimizer``.
 """
 from __future__ import annotations
 
 import torch
 
+from softrepro.optim import BASES, torch_kwargs
 from softrepro.registry import OPTIMIZERS
-
-BASES = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-
-
-def _kw(kw: dict) -> dict:
-    """Spec files give betas as a list; torch wants a tuple."""
-    return {k: tuple(v) if k == "betas" else v for k, v in kw.items()}
 
 
 @torch.no_grad()
@@ -50,7 +42,7 @@ class OrthoGrad(torch.optim.Optimizer):
 
     def __init__(self, params, base="adamw", rescale: bool = True, ortho_eps: float = 1e-30, **base_kw):
         base_cls = BASES[base] if isinstance(base, str) else base
-        self.base = base_cls(params, **_kw(base_kw))
+        self.base = base_cls(params, **torch_kwargs(base_kw))
         self.rescale, self.ortho_eps = rescale, ortho_eps
         super().__init__(self.base.param_groups, self.base.defaults)
         self._share()
@@ -83,22 +75,7 @@ class OrthoGrad(torch.optim.Optimizer):
         self._share()
 
 
-@OPTIMIZERS.register("adam")
-def make_adam(params, **kw):
-    return torch.optim.Adam(params, **_kw(kw))
-
-
-@OPTIMIZERS.register("adamw")
-def make_adamw(params, **kw):
-    return torch.optim.AdamW(params, **_kw(kw))
-
-
-@OPTIMIZERS.register("sgd")
-def make_sgd(params, **kw):
-    return torch.optim.SGD(params, **_kw(kw))
-
-
-@OPTIMIZERS.register("orthograd")
+@OPTIMIZERS.register("orthograd", forwards_to=tuple(BASES.values()))
 def make_orthograd(params, base: str = "adamw", rescale: bool = True, ortho_eps: float = 1e-30, **kw):
     """⊥Grad around ``base`` (adam | adamw | sgd); the other kwargs (lr, weight_decay, betas, eps,
     momentum, ...) go to the base optimizer."""

@@ -1,0 +1,1 @@
+"""Softmax and cross-entropy kernels and their benchmarks."""

@@ -1,0 +1,1 @@
+"""Losses, output layers and models that classification-loss papers bring (label noise, calibration)."""

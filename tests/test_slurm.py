@@ -1,0 +1,46 @@
+"""The smoke DAG through the `slurm` profile on a real single-node SLURM (make test-slurm).
+
+Needs root: workflow/slurm/local-cluster.sh installs Debian's slurm-wlm and munge when they are
+missing and starts munged, slurmctld and slurmd on this machine.  Selected with `-m slurm`
+(`make test-slurm`); the default test run keeps the profile's dry-run test instead."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, make_project
+
+SCRIPT = REPO / "workflow" / "slurm" / "local-cluster.sh"
+PAPERS = "agarap2017-cnn-svm"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("a local SLURM needs root")
+    env = {**os.environ, "SOFTREPRO_SLURM_DIR": str(tmp_path_factory.mktemp("slurm"))}
+    start = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900)
+    assert start.returncode == 0, start.stdout + start.stderr
+    env["SLURM_CONF"] = os.path.join(env["SOFTREPRO_SLURM_DIR"], "slurm.conf")
+    yield env
+    subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slurm
+def test_smoke_dag_runs_through_the_slurm_profile(cluster, tmp_path):
+    root = make_project(tmp_path / "proj")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm", "--config", "scale=smoke",
+         f"papers={PAPERS}", "--default-resources", "slurm_partition=local", "mem_mb=2000", "runtime=30",
+         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"],
+        cwd=root, env=cluster, capture_output=True, text=True, timeout=1500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "SLURM run ID" in out or "sbatch" in out or "slurm_logs" in out, out[-2000:]
+    logs = list((root / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert logs, "no SLURM job logs: the training jobs did not go through sbatch"
+    claims = pd.read_csv(root / "results/smoke/claims.csv")
+    assert len(claims) == 6 and (claims["n"] == 2).all() if os.environ.get("SOFTREPRO_MIRROR") else len(claims) == 6
+    assert (root / "results/smoke/report.pdf").is_file()
