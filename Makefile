@@ -39,7 +39,7 @@ lock:
 	{ head -n 3 $(LOCK); cat $(VENV)/lock.tmp; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 reproduce: install
-	$(BIN)/snakemake --profile $(PROFILE) --cores $(CORES) --config scale=$(SCALE) papers=$(PAPERS) families=$(FAMILY) $(ARGS)
+	$(BIN)/python -m softrepro.cli dag --profile $(PROFILE) --cores $(CORES) --config scale=$(SCALE) papers=$(PAPERS) families=$(FAMILY) $(ARGS)
 	@echo "report: results/$(SCALE)/report.pdf and results/$(SCALE)/report.html"
 
 test: install

@@ -99,3 +99,8 @@ def cli_run(root: Path, paper: str, experiment: str, out: Path, env_extra: dict 
     return subprocess.run([sys.executable, "-m", "softrepro.cli", "run", "--paper", paper, "--experiment", experiment,
                            "--seed", "0", "--scale", "smoke", "--out", str(out), "--no-progress"],
                           cwd=root, env=env, capture_output=True, text=True)
+
+
+# Fault-injection outcomes of this session (tests/test_heal.py, tests/test_faults.py), written to
+# benchmarks/faults.md by the last test of test_faults.py under `make test-faults`.
+FAULTS: list[dict] = []

@@ -18,15 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, cli_run, make_project, write_dataset
+from conftest import FAULTS as RESULTS, REPO, cli_run, make_project, write_dataset
 
 PAPERS = "muller2019-label-smoothing"  # three small runs of two seeds, one dataset, a report
-RESULTS: list[dict] = []  # one row per fault: what was done, trials, outcome (for benchmarks/faults.md)
 
 
 def snakemake(root, *extra, env=None, **kw):
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "2",
-           "--config", "scale=smoke", f"papers={PAPERS}", *extra]
+    cmd = [sys.executable, "-m", "softrepro.cli", "dag", "--profile", "workflow/profiles/default", "--cores", "2",
+           "--config", "scale=smoke", f"papers={PAPERS}", *extra]  # what make reproduce runs
     return subprocess.Popen(cmd, cwd=root, env=env or os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **kw)
 
@@ -125,11 +124,11 @@ def test_second_snakemake_in_the_same_checkout_refuses(tmp_path, reference):
         time.sleep(0.05)
     rc2, out2 = finish(snakemake(root), timeout=300)
     rc1, out1 = finish(first)
-    assert rc2 != 0 and "lock" in out2.lower(), out2[-2000:]  # refused clearly: Snakemake's directory lock
+    assert rc2 == 5 and "another `make reproduce` is running in this checkout" in out2, out2[-2000:]  # refused clearly
     assert rc1 == 0, out1[-2000:]
     assert claims(root).equals(reference) and nothing_corrupt(root)
     RESULTS.append({"fault": "a second `make reproduce` in the same checkout while one runs", "trials": 1,
-                    "outcome": "refused by Snakemake's directory lock; the first ends with the reference claims"})
+                    "outcome": "refused at once ('another `make reproduce` is running in this checkout', exit 5); the first ends with the reference claims"})
 
 
 def _tiny_spec(root: Path) -> Path:
@@ -269,8 +268,6 @@ rerun of the same command and compared with an undisturbed run's claims.csv.
 |---|---|---|
 {rows}
 
-The corrupt-object cases (local cache, a cache shared by two clones, the DVC remote, a truncated
-or rotten mirror file, two clones fetching one dataset at once through a shared cache) are
-tests/test_heal.py, run by `make test` as well; each passed in this session's run
-(`make test-faults` runs them first and stops at a failure).
+The quick cases (every row but the SIGKILL ones) also run in `make test`; `make test-faults`
+stops at the first failure, so a table written at all is a table of recoveries.
 """)

@@ -12,7 +12,7 @@ import yaml
 
 from softrepro.fetch import MIRROR_ENV, ChecksumError, Dvc, ensure
 
-from conftest import UNREACHABLE, make_project, tiny_cfg as cfg_for, write_dataset
+from conftest import FAULTS, UNREACHABLE, make_project, tiny_cfg as cfg_for, write_dataset
 
 FILE = "train-images-idx3-ubyte"
 
@@ -67,6 +67,8 @@ def test_corrupt_remote_object_heals_from_the_mirror_and_is_pushed_again(tmp_pat
     shutil.copy(a / ".dvc" / "config", c / ".dvc" / "config")
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "no-mirror"))
     assert ensure("tiny", cfg_for(digests), c, log=quiet)["source"] == "dvc remote team"
+    FAULTS.append({"fault": "a corrupt object in the DVC remote (32 bytes overwritten), fetched by a second clone", "trials": 1,
+                   "outcome": "named (remote, object path), data from the mirror, good object pushed over it; a third clone restores from the remote"})
 
 
 def test_corrupt_local_cache_object_and_workspace_heal_from_the_next_source(project, mirror):
@@ -84,6 +86,8 @@ def test_corrupt_local_cache_object_and_workspace_heal_from_the_next_source(proj
     obj.chmod(0o644)
     obj.write_bytes(obj.read_bytes()[:50])
     assert ensure("tiny", cfg_for(digests), project, log=quiet)["sha256"] == digests
+    FAULTS.append({"fault": "a corrupt, then a truncated object in the local DVC cache", "trials": 2,
+                   "outcome": "named and removed; data from the next source; the cache holds a good object again"})
 
 
 def test_a_shared_cache_heals_for_every_clone(tmp_path, mirror):
@@ -100,6 +104,8 @@ def test_a_shared_cache_heals_for_every_clone(tmp_path, mirror):
     assert marker["sha256"] == digests and any(str(shared) in h for h in marker["healed"])
     shutil.rmtree(a / "data" / "tiny")
     assert ensure("tiny", cfg_for(digests), a, log=quiet)["source"] == "dvc cache"  # healed for A too
+    FAULTS.append({"fault": "a corrupt object in a cache folder shared by two clones", "trials": 1,
+                   "outcome": "healed by the clone that met it; the other restores from the shared cache"})
 
 
 def test_corrupt_mirror_file_falls_back_and_no_good_source_stops_with_every_digest(project, mirror, tmp_path):
@@ -119,6 +125,8 @@ def test_corrupt_mirror_file_falls_back_and_no_good_source_stops_with_every_dige
     msg = str(err.value)
     assert f"tiny/{FILE}" in msg and digests[FILE] in msg and str(root / "tiny" / f"{FILE}.gz") in msg
     assert sorted(p.name for p in (project / "data").iterdir()) == before  # data/ as it was
+    FAULTS.append({"fault": "a rotten mirror file; then every source bad", "trials": 2,
+                   "outcome": "the next URL used; with none good: the file, the expected sha256 and every source's answer named, data/ as it was"})
 
 
 def test_two_clones_sharing_a_cache_fetch_once(tmp_path, mirror):
@@ -146,3 +154,5 @@ def test_two_clones_sharing_a_cache_fetch_once(tmp_path, mirror):
     downloads = sum(1 for i in (0, 1) for line in logs[i] if "verified from" in line)
     assert downloads == len(digests)  # one clone downloaded each file once; the other checked out the shared cache
     assert sorted(r["source"] for r in results.values()) == ["download", "dvc cache"]
+    FAULTS.append({"fault": "two clones sharing a cache fetch the same dataset at once", "trials": 1,
+                   "outcome": "both succeed; one download, the other checks out the shared cache"})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -140,7 +141,38 @@ def _cmd_estimate(args) -> int:
     return 0
 
 
+def _cmd_dag(snakemake_args: list[str]) -> int:
+    """Snakemake on this checkout, as `make reproduce` runs it: one at a time (a lock the kernel
+    releases when the process dies, so a killed run leaves none behind), and a Snakemake lock that
+    a killed run left is removed before the next run, which then resumes."""
+    import fcntl
+    import subprocess
+
+    root = repo_root()
+    (root / ".snakemake").mkdir(exist_ok=True)
+    guard = open(root / ".snakemake" / "softrepro-dag.lock", "a+")
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        guard.seek(0)
+        print(f"error: another `make reproduce` is running in this checkout (pid {guard.read().strip() or '?'}; "
+              f"lock {root / '.snakemake' / 'softrepro-dag.lock'}); let it finish, or stop it first", file=sys.stderr)
+        return 5
+    guard.seek(0)
+    guard.truncate()
+    guard.write(str(os.getpid()))
+    guard.flush()
+    snakemake = [sys.executable, "-m", "snakemake", *snakemake_args]
+    if any((root / ".snakemake" / "locks").glob("*")):  # nobody holds our lock, so these are stale
+        print("removing the Snakemake lock that an interrupted run left behind", file=sys.stderr)
+        subprocess.run([*snakemake, "--unlock"], cwd=root, check=True, capture_output=True)
+    return subprocess.run(snakemake, cwd=root).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dag"]:  # everything after it is Snakemake's
+        return _cmd_dag(argv[1:])
     p = argparse.ArgumentParser(prog="softrepro", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -181,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--scale", default="cpu")
     s.add_argument("--results", default="results")
     s.set_defaults(fn=_cmd_timings)
+
+    sub.add_parser("dag", help="run Snakemake on this checkout with the arguments that follow (what `make reproduce` "
+                   "does): one at a time, stale locks of a killed run removed")
 
     s = sub.add_parser("estimate", help="planned runs of a scale and their expected hours per device, from measured throughput")
     s.add_argument("--scale", default="paper")

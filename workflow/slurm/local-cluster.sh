@@ -73,11 +73,24 @@ PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
+# Job steps (srun inside a batch job) read the default configuration path, not SLURM_CONF: link
+# ours there, unless the machine already has a configuration of its own, which is left alone.
+link_default_conf() {
+  mkdir -p /etc/slurm
+  if [ -L /etc/slurm/slurm.conf ] || [ ! -e /etc/slurm/slurm.conf ]; then
+    ln -sfn "$CONF" /etc/slurm/slurm.conf
+  elif ! cmp -s /etc/slurm/slurm.conf "$CONF"; then
+    echo "local-cluster.sh: /etc/slurm/slurm.conf exists and is not ours; refusing to run a test cluster on a configured machine" >&2
+    exit 1
+  fi
+}
+
 start() {
   need_root
   install_packages
   start_munge
   write_conf
+  link_default_conf
   export SLURM_CONF=$CONF
   pgrep -f "slurmctld -f $CONF" >/dev/null || slurmctld -f "$CONF"
   pgrep -f "slurmd -f $CONF" >/dev/null || slurmd -f "$CONF" -N "$NODE"
@@ -99,6 +112,7 @@ stop() {
   scancel --quiet --user root >/dev/null 2>&1 || true
   for pat in "slurmd -f $CONF" "slurmctld -f $CONF"; do pkill -f "$pat" 2>/dev/null || true; done
   for _ in $(seq 30); do pgrep -f "slurm.*-f $CONF" >/dev/null || break; sleep 0.2; done
+  if [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$CONF" ]; then rm -f /etc/slurm/slurm.conf; fi
 }
 
 case "${1:-}" in
