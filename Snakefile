@@ -8,7 +8,6 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from softrepro.plan import build
-from softrepro.spec import NON_COMPUTING_KEYS, resolve_experiment
 
 min_version("9.0")
 

@@ -73,7 +73,7 @@ def results(tmp_path):
 def test_front_page_counts_verdicts_by_evidence_level(results):
     items = page.front(results)
     text = "".join(i for i in items if isinstance(i, str))
-    assert "2 were judged at a faithful protocol" in text and "6 claims from 1 papers" in text
+    assert "2 were judged at a faithful protocol" in text and "6 claims from 1 paper." in text
     counts = page.counts_by_level(results.claims)
     assert list(counts.index) == ["faithful", "cut", "stand-in"]
     assert counts.loc["faithful", "reproduced"] == 1 and counts.loc["faithful", "not run"] == 1

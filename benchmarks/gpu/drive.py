@@ -28,7 +28,7 @@ from pathlib import Path
 
 from softrepro.fetch import download_and_verify
 from softrepro.plan import build
-from softrepro.spec import load_datasets, resolve_experiment
+from softrepro.spec import load_datasets
 
 
 def prepare_data(root: Path, names: list[str], mirror: Path, layout) -> None:
@@ -85,8 +85,7 @@ def main() -> int:
     prepare_data(root, sorted({j.dataset for j in owners.values()}), Path(args.mirror), plan.layout)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(plan.scale.seeds)
     n = args.seeds_per_job or len(seeds)
-    papers = {p.id: p for p in plan.papers}
-    steps = {k: resolve_experiment(papers[j.paper].experiments[j.experiment], args.scale).get("steps", 0) for k, j in owners.items()}
+    steps = {k: plan.config(j.paper, j.experiment).get("steps", 0) for k, j in owners.items()}
     # the longest jobs first, so that the slots stay full to the end
     jobs = [(key, ",".join(map(str, seeds[i:i + n]))) for key in sorted(owners, key=lambda k: -steps[k])
             for i in range(0, len(seeds), n)]

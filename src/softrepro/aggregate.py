@@ -89,14 +89,16 @@ def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame,
     return judge(claim, per_exp[exps[0]][seeds].values, per_exp[exps[1]][seeds].values, **kw), list(seeds)
 
 
-def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None, config=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """claims.csv's rows, and the per-size curves of the "up to" claims; ``steps_csv(paper, experiment,
-    seed)`` is where a job's step log lies (threshold and "up to" claims read it)."""
+    seed)`` is where a job's step log lies (threshold and "up to" claims read it); ``config(paper,
+    experiment)`` the experiment as resolved by the plan."""
+    config = config or (lambda pid, e: resolve_experiment(next(p for p in papers if p.id == pid).experiments[e], scale.name))
     out, curves = [], []
     for paper in papers:
         for claim in paper.claims:
             exps = claim_experiments(claim)
-            resolved = {e: resolve_experiment(paper.experiments[e], scale.name) for e in exps}
+            resolved = {e: config(paper.id, e) for e in exps}
             level = evidence_level(list(resolved.values()))
             row = {
                 "paper": paper.id, "claim": claim["id"], "text": claim["text"], "source": claim["source"],
@@ -157,7 +159,7 @@ def _finish_row(row: dict, claim: dict, scale) -> dict:
     return row
 
 
-def report_context(papers: list[Paper], scale) -> dict:
+def report_context(papers: list[Paper], scale, config) -> dict:
     """What the report needs from the specs, resolved at this scale (papers.json)."""
     from softrepro.registry import BENCHMARKS
 
@@ -166,8 +168,8 @@ def report_context(papers: list[Paper], scale) -> dict:
     for paper in papers:
         doc = paper.doc
         exps = {}
-        for name, exp in paper.experiments.items():
-            r = resolve_experiment(exp, scale.name)
+        for name in paper.experiments:
+            r = config(paper.id, name)
             if r["kind"] == "train":
                 figure = {"kind": "training"}
             else:  # a benchmark that never runs here (skipped) may not even be registered
@@ -185,10 +187,11 @@ def report_context(papers: list[Paper], scale) -> dict:
 def aggregate(plan, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     lay = plan.layout
     runs = load_runs([root / f for f in plan.metrics_files()])
-    claims, curves = judge_claims(plan.papers, runs, plan.scale, steps_csv=lambda *job: root / lay.steps(*job))
+    claims, curves = judge_claims(plan.papers, runs, plan.scale, steps_csv=lambda *job: root / lay.steps(*job),
+                                  config=plan.config)
     (root / lay.base).mkdir(parents=True, exist_ok=True)
     write_csv(runs, root / lay.file("runs.csv"))
     write_csv(claims, root / lay.file("claims.csv"))
     write_csv(curves, root / lay.file("up_to_curves.csv"))
-    write_json(report_context(plan.papers, plan.scale), root / lay.file("papers.json"))
+    write_json(report_context(plan.papers, plan.scale, plan.config), root / lay.file("papers.json"))
     return runs, claims

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrepro.spec import resolve_experiment
 
 SPEED_KEYS = ("dataset", "model", "batch_size", "dtype", "task", "preprocess", "data", "train_subset", "benchmark")
 
@@ -50,7 +49,7 @@ def estimate(plan, roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for key in plan.keys():
         owner = plan.owner(key)
-        r = resolve_experiment(papers[owner.paper].experiments[owner.experiment], plan.scale.name)
+        r = plan.config(owner.paper, owner.experiment)
         seeds = len(plan.scale.seeds)
         row = {"family": papers[owner.paper].doc["family"], "run": f"{owner.paper}/{owner.experiment}", "kind": r["kind"],
                "seeds": seeds, "steps": r.get("steps", 0)}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softrepro.layout import Layout
-from softrepro.spec import Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment, run_key
+from softrepro.spec import NON_COMPUTING_KEYS, Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment, run_key
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,16 @@ class Plan:
     jobs: list[Job]
     results: str = "results"
     seeds_per_job: int = 0  # 0: all seeds of a run in one job
+    configs: dict = None  # (paper, experiment) -> the experiment resolved at this scale, computed once
+
+    def config(self, paper: str, experiment: str) -> dict:
+        """The experiment as run at this scale (resolved once, when the plan was built)."""
+        return self.configs[paper, experiment]
+
+    def computing(self, key: str) -> dict:
+        """What run ``key`` computes: its owner's configuration without the keys that do not change numbers."""
+        j = self.owner(key)
+        return {k: v for k, v in self.config(j.paper, j.experiment).items() if k not in NON_COMPUTING_KEYS}
 
     @property
     def layout(self) -> Layout:
@@ -84,13 +94,13 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
     root = root or repo_root()
     sc = load_scale(scale, root)
     specs = load_papers(papers, root, families)
-    jobs = []
+    jobs, configs = [], {}
     for paper in specs:
         for name, exp in paper.experiments.items():
-            resolved = resolve_experiment(exp, scale)
+            resolved = configs[paper.id, name] = resolve_experiment(exp, scale)
             if resolved.get("grid_cut"):
                 continue  # this combination of a matrix is not run at this scale
             key = None if resolved.get("skip") else run_key(resolved)
             for seed in sc.seeds:
                 jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key))
-    return Plan(sc, specs, jobs, results, seeds_per_job)
+    return Plan(sc, specs, jobs, results, seeds_per_job, configs)

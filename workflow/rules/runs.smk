@@ -20,15 +20,8 @@ def _run_inputs(w):
     return [LAYOUT.dataset_marker(j.dataset)] if j.dataset else []
 
 
-def _resolved(paper_id, experiment):
-    paper = next(p for p in PLAN.papers if p.id == paper_id)
-    return json.dumps(resolve_experiment(paper.experiments[experiment], SCALE), sort_keys=True)
-
-
 def _computing(w):
-    j = _owner(w)
-    cfg = json.loads(_resolved(j.paper, j.experiment))
-    return json.dumps({k: v for k, v in cfg.items() if k not in NON_COMPUTING_KEYS}, sort_keys=True)
+    return json.dumps(PLAN.computing(w.key), sort_keys=True)
 
 
 rule run:
@@ -62,7 +55,7 @@ def _link_inputs(w):
 
 def _paper_config(w):
     paper = next(p for p in PLAN.papers if p.id == w.paper)
-    return json.dumps({e: json.loads(_resolved(w.paper, e)) for e in paper.experiments}, sort_keys=True)
+    return json.dumps({e: PLAN.config(w.paper, e) for e in paper.experiments}, sort_keys=True)
 
 
 rule link:

@@ -44,7 +44,7 @@ def headline(claims: pd.DataFrame):
               .groupby(["evidence_level", "v"]).size().unstack(fill_value=0)
               .reindex(index=[lvl for lvl in LEVEL_ORDER if lvl in set(claims["evidence_level"])],
                        columns=[v for v in VERDICT_ORDER if v in set(claims["verdict"].map(verdict_group))], fill_value=0))
-    fig, ax = plt.subplots(figsize=(8.5, 0.6 + 0.55 * len(counts)))
+    fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.5 * len(counts)))
     left = np.zeros(len(counts))
     for v in counts.columns:
         ax.barh(counts.index, counts[v], left=left, color=VERDICT_COLOURS[v], label=v, edgecolor="white")
@@ -55,7 +55,7 @@ def headline(claims: pd.DataFrame):
     ax.invert_yaxis()
     ax.set_xlabel("claims")
     ax.set_title("verdicts by evidence level (only a faithful protocol can reproduce or refute a paper)", fontsize=9)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(counts) < 3 else -0.2), frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -112,8 +112,11 @@ def headline_sentence(claims: pd.DataFrame) -> str:
     n = lambda v: int((judged["verdict"] == v).sum())  # noqa: E731
     below = claims[claims["evidence_level"] != "faithful"]
     m = lambda v: int((below["verdict"] == v).sum())  # noqa: E731
-    return (f"<p><b>{len(claims)} claims from {claims['paper'].nunique()} papers.</b> "
-            f"<b>{len(judged)} were judged at a faithful protocol</b> (the paper's own data, model and protocol; "
+    def many(n: int, one: str, more: str) -> str:
+        return f"{n} {one if n == 1 else more}"
+
+    return (f"<p><b>{many(len(claims), 'claim', 'claims')} from {many(claims['paper'].nunique(), 'paper', 'papers')}.</b> "
+            f"<b>{many(len(judged), 'was', 'were')} judged at a faithful protocol</b> (the paper's own data, model and protocol; "
             f"{len(faithful) - len(judged)} more could not run): {n('reproduced')} reproduced, {n('direction holds')} direction holds, "
             f"{n('not reproduced')} not reproduced, {n('inconclusive')} inconclusive. "
             f"The other {len(below)} ran at a cut or stand-in protocol, which can only agree or disagree with the paper's "
