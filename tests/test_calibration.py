@@ -40,4 +40,15 @@ def test_reliability_bins_add_up_to_ece():
     bins = reliability_bins(p, y)
     assert sum(b["count"] for b in bins) == 300
     ece = sum(b["count"] / 300 * abs(b["accuracy"] - b["confidence"]) for b in bins)
-    assert ece == pytest.approx(calibration_metrics(p, y)["test_ece"], abs=1e-6)  # torchmetrics bins in float32
+    assert ece == pytest.approx(calibration_metrics(p, y)["test_ece"], rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ece_agrees_with_torchmetrics(seed):
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    g = torch.Generator().manual_seed(seed)
+    p = (torch.randn(2000, 10, generator=g, dtype=torch.float64) * (1 + seed)).softmax(1)
+    y = torch.randint(0, 10, (2000,), generator=g)
+    ref = float(multiclass_calibration_error(p, y, num_classes=10, n_bins=15, norm="l1"))
+    assert calibration_metrics(p, y)["test_ece"] == pytest.approx(ref, abs=1e-6)  # torchmetrics bins in float32

@@ -97,7 +97,7 @@ def _cmd_plan(args) -> int:
 
 def _cmd_timings(args) -> int:
     """Per-run-batch wall times (Snakemake's benchmark files) beside the seeds' own run times
-    (runs.json), as a Markdown table: the difference is the fixed cost of a job."""
+    (runs_<seeds>.json), as a Markdown table: the difference is the fixed cost of a job."""
     import pandas as pd
 
     from softrepro.layout import Layout
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--experiment", required=True)
     seeds = s.add_mutually_exclusive_group(required=True)
     seeds.add_argument("--seed", type=int, help="one run into --out")
-    seeds.add_argument("--seeds", help="comma-separated seeds, each into --out/seed<k>, then --out/runs.json")
+    seeds.add_argument("--seeds", help="comma-separated seeds, each into --out/seed<k>, then --out/runs_<seeds>.json")
     s.add_argument("--scale", required=True)
     s.add_argument("--out", required=True, help="run directory (--seed) or the batch's directory (--seeds)")
     s.add_argument("--threads", type=int, default=1)
