@@ -43,7 +43,11 @@ def results(tmp_path):
             d.mkdir(parents=True)
             pd.DataFrame({"step": [10, 20, 30], "train_loss": [1.0, 0.5, 0.2], "train_accuracy": [0.5, 0.8, 0.9],
                           "test_accuracy": [0.4, 0.7, 0.85]}).to_csv(d / "steps.csv", index=False)
-            (d / "metrics.json").write_text(json.dumps({"reliability": [{"bin": 0, "count": 10, "accuracy": 0.5, "confidence": 0.6}]}))
+            rec = {"seed": s, "reliability": [{"bin": 0, "count": 10, "accuracy": 0.5, "confidence": 0.6}]}
+            if e == "a":  # an experiment with post-hoc OOD scores
+                curve = {"fpr": [0, 0.1, 1], "tpr": [0, 0.9, 1], "edges": [0, 0.5, 1], "hist_in": [1, 9], "hist_out": [7, 3]}
+                rec["ood"] = {"chosen": {}, "curves": {"gaussian/msp": curve, "gaussian/energy": curve}}
+            (d / "metrics.json").write_text(json.dumps(rec))
     for s in range(3):
         d = out / "runs" / "p1" / "sweep" / f"seed{s}"
         d.mkdir(parents=True)
@@ -106,6 +110,7 @@ def test_paper_section_draws_each_declared_figure(results):
     assert any("training loss" in t for t in titles)
     assert any(ax.get_ylabel() == "value" or ax.get_xscale() == "log" for f in figs for ax in f.axes)  # the sweep
     assert any("reliability" in t for t in titles)
+    assert any(t == "a: in vs gaussian" for t in titles) and any(t == "energy score (seed 0)" for t in titles)
     html = "".join(i for i in items if isinstance(i, str))
     assert "Paper One" in html and "minor: re-implementation" in html and "(faithful)" in html
 

@@ -212,3 +212,37 @@ def test_no_committed_claim_has_a_tolerance_band_around_zero():
     papers = load_papers("all", REPO)
     comparisons = [c for p in papers for c in p.claims if c["kind"] == "comparison" and isinstance(c.get("published"), dict)]
     assert comparisons
+
+
+def _hg(tmp_path, mutate) -> Path:
+    doc = yaml.safe_load((REPO / "configs/papers/hendrycks2017-baseline-ood.yaml").read_text())
+    mutate(doc["experiments"]["mlp-msp"])
+    path = tmp_path / "hendrycks2017-baseline-ood.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda e: e["ood"]["scores"].append("oracle"), "experiments.mlp-msp.ood.scores[1].name", "unknown score 'oracle'"),
+    (lambda e: e["ood"]["scores"].append({"name": "energy", "temprature": 2}), "experiments.mlp-msp.ood.scores[1].temprature",
+     "unknown parameter 'temprature'"),
+    (lambda e: e["ood"]["scores"].append({"name": "msp", "temperature": 2}), "experiments.mlp-msp.ood.scores", "share a label"),
+    (lambda e: e["ood"].update(tune_sets=["svhn"]), "experiments.mlp-msp.ood.tune_sets[0]", "unknown set 'svhn'"),
+    (lambda e: e["ood"]["sets"].update(other={"dataset": "notmnist"}), "experiments.mlp-msp.ood.sets.other.dataset", "unknown dataset"),
+    (lambda e: e.update(preprocess={"standardize": True}), "experiments.mlp-msp.ood", "raw input space"),
+    (lambda e: e["optimizer"].update(decay=3), "experiments.mlp-msp.optimizer.decay", "is not of type 'string'"),
+])
+def test_malformed_ood_section_names_the_field(tmp_path, mutate, field, words):
+    path = _hg(tmp_path, mutate)
+    with pytest.raises(SpecError) as err:
+        load_paper(path, REPO)
+    assert f": {field}:" in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_ood_datasets_are_run_inputs():
+    from softrepro.spec import experiment_datasets
+
+    exp = {"dataset": "fashion-mnist", "ood": {"scores": ["msp"], "sets": {"m": {"dataset": "mnist"}, "g": {"noise": "gaussian"},
+                                                                          "f": {"dataset": "fashion-mnist"}}}}
+    assert experiment_datasets(exp) == ("fashion-mnist", "mnist")
+    assert experiment_datasets({"kind": "benchmark"}) == ()

@@ -169,3 +169,22 @@ def test_blas_runs_at_the_jobs_thread_count(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             tr.train({}, 0, tmp_path, tmp_path, threads=1, progress=False)
         assert seen == [{1}] and blas() == {2}  # one thread inside the run, restored after
+
+
+def test_optimizer_decay_applies_weight_decay_to_matching_parameters_only():
+    import torch
+
+    from softrepro.models import MLP
+    from softrepro.train import _make_optimizer
+
+    model = MLP(in_shape=(4,), n_classes=3, hidden=(5, 5), activation="gelu_tanh")
+    opt = _make_optimizer({"name": "adam", "lr": 1e-3, "weight_decay": 1e-5, "decay": "body.*.weight"}, model)
+    decayed, rest = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decayed["params"]) == ["body.1.weight", "body.3.weight"]
+    assert decayed["weight_decay"] == 1e-5 and rest["weight_decay"] == 0.0
+    assert "readout.weight" in {names[id(p)] for p in rest["params"]}
+    with pytest.raises(ValueError, match="matches no parameter"):
+        _make_optimizer({"name": "adam", "lr": 1e-3, "decay": "nothing.*"}, model)
+    x = torch.linspace(-3, 3, 7)
+    assert torch.allclose(model.body[2](x), 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3))))

@@ -82,7 +82,7 @@ def main() -> int:
     for j in plan.jobs:
         if j.key and any(fnmatch.fnmatch(f"{j.paper}:{j.experiment}", o) for o in args.only):
             owners.setdefault(j.key, j)
-    prepare_data(root, sorted({j.dataset for j in owners.values()}), Path(args.mirror), plan.layout)
+    prepare_data(root, sorted({d for j in owners.values() for d in j.inputs}), Path(args.mirror), plan.layout)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(plan.scale.seeds)
     n = args.seeds_per_job or len(seeds)
     steps = {k: plan.config(j.paper, j.experiment).get("steps", 0) for k, j in owners.items()}

@@ -8,6 +8,7 @@ matplotlib it costs about 1.3 s per job, more than a small run's training.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +47,17 @@ def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 1
     return [{"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(count[b]),
              "confidence": float(conf_sum[b] / count[b]), "accuracy": float(acc_sum[b] / count[b])}
             for b in range(n_bins) if count[b]]
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, bounds=(0.05, 20.0)) -> float:
+    """Post-hoc temperature scaling (Guo et al. 2017): the T > 0 minimising the mean NLL of
+    softmax(logits / T) on held-out data, by a bounded scalar search over log T (scipy)."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = logits.double(), targets.long()
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(z / float(np.exp(log_t)), y))
+
+    res = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(res.x))

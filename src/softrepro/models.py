@@ -58,7 +58,9 @@ def convnet(in_shape, n_classes, **kw) -> nn.Module:
     return ConvNet(in_shape=in_shape, n_classes=n_classes, **kw)
 
 
-OUTPUTS = {"linear": nn.Identity, "relu": nn.ReLU}  # relu: the ReLU classifier of Agarap 2018
+OUTPUTS = {"linear": nn.Identity, "relu": nn.ReLU}
+# hidden activations; gelu is the exact (erf) form, gelu_tanh the tanh approximation (TF's old gelu_fast)
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}  # relu: the ReLU classifier of Agarap 2018
 
 
 def _output_activation(output: str) -> nn.Module:
@@ -75,7 +77,7 @@ class MLP(nn.Module):
     def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256), dropout=0.0, output="linear",
                  activation="relu", init="torch", bias=True):
         super().__init__()
-        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+        act = ACTIVATIONS[activation]
         d, layers = int(torch.tensor(in_shape).prod()), [nn.Flatten()]
         for width in hidden:
             layers += [nn.Linear(d, width, bias=bias), act()] + ([nn.Dropout(dropout)] if dropout else [])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softrepro.layout import Layout
-from softrepro.spec import NON_COMPUTING_KEYS, Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment, run_key
+from softrepro.spec import NON_COMPUTING_KEYS, experiment_datasets, Paper, Scale, load_papers, load_scale, repo_root, resolve_experiment, run_key
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Job:
     dataset: str | None
     skip: str | None
     key: str | None = None  # None when the experiment is skipped at this scale
+    inputs: tuple[str, ...] = ()  # every dataset the run reads: its own, then e.g. its OOD sets'
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Plan:
 
     @property
     def datasets(self) -> list[str]:
-        return sorted({j.dataset for j in self.jobs if j.dataset and not j.skip})
+        return sorted({d for j in self.jobs if not j.skip for d in j.inputs})
 
     def job(self, paper: str, experiment: str, seed: int) -> Job:
         for j in self.jobs:
@@ -101,6 +102,7 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
             if resolved.get("grid_cut"):
                 continue  # this combination of a matrix is not run at this scale
             key = None if resolved.get("skip") else run_key(resolved)
+            inputs = experiment_datasets(resolved)
             for seed in sc.seeds:
-                jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key))
+                jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs))
     return Plan(sc, specs, jobs, results, seeds_per_job, configs)

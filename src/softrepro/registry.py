@@ -85,6 +85,7 @@ SCHEDULES = Registry("schedule", fixed=("opt", "steps"))  # make(optimizer, step
 FORMATS = Registry("dataset format")  # load(name, cfg, data_dir, seed, params) -> splits (softrepro.datasets)
 GENERATORS = Registry("dataset generator", fixed=("seed",))  # make(seed, **params) -> {"train": (x, y), "test": (x, y)[, "n_outputs": K]}
 TASKS = Registry("task")  # evaluate(model, loss_fn, x, y, final=bool) -> {"test_...": float}; "classification" is built in
+SCORES = Registry("ood score")  # Score(**params) with fit(ctx) and score(ctx, x) (softrepro.ood), applied after training
 PROBES = Registry("probe")  # probe(model, x_train, y_train, loss_fn=...) -> {metric: float}, run once after training
 
 _loaded = False
@@ -96,7 +97,7 @@ def load_methods() -> None:
     if _loaded:
         return
     _loaded = True
-    from softrepro import datasets, generators, losses, models, optim, probes  # noqa: F401  (built-ins register on import)
+    from softrepro import datasets, generators, losses, models, ood, optim, probes  # noqa: F401  (built-ins register on import)
     import softrepro.methods as pkg
 
     for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):  # methods/<family>/<module>.py

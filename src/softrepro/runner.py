@@ -16,7 +16,7 @@ from softrepro import __version__
 from softrepro.atomic import write_atomic, write_csv, write_json
 from softrepro.layout import Layout
 from softrepro.registry import BENCHMARKS
-from softrepro.spec import load_paper, load_scale, resolve_experiment, run_key
+from softrepro.spec import experiment_datasets, load_paper, load_scale, resolve_experiment, run_key
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -81,10 +81,12 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     t0 = time.perf_counter()
     reason = exp.get("skip")
     if not reason and exp["kind"] == "train":
-        marker = json.loads((root / Layout(results, scale).dataset_marker(exp["dataset"])).read_text())
-        record["dataset"] = marker
-        if not marker["available"]:
-            reason = marker["reason"]
+        for name in experiment_datasets(exp):  # its own, then e.g. its OOD sets'
+            marker = json.loads((root / Layout(results, scale).dataset_marker(name)).read_text())
+            record.setdefault("dataset", marker)
+            if not marker["available"]:
+                reason = marker["reason"]
+                break
     if reason:
         record.update(status="not_run", reason=reason, metrics={})
         log(f"not run: {reason}")

@@ -216,8 +216,9 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
             for scale in SCALES:  # every factory's keys, as resolved at each scale
                 r = resolve_experiment(exp, scale)
                 for key, registry in (("model", MODELS), ("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-                    if key in r:
-                        _check_keys(registry, r[key]["name"], r[key], path, f"{where}.{key}", scale)
+                    if key in r:  # optimizer.decay is the engine's (parameter groups), not the optimizer's
+                        given = {k: v for k, v in r[key].items() if not (key == "optimizer" and k == "decay")}
+                        _check_keys(registry, r[key]["name"], given, path, f"{where}.{key}", scale)
                 if generator:
                     _check_keys(GENERATORS, generator, {**datasets[exp["dataset"]].get("defaults", {}), **r.get("data", {})},
                                 path, f"{where}.data", scale)
@@ -226,6 +227,9 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
             for i, probe in enumerate(exp.get("probes", [])):
                 if probe not in PROBES:
                     raise SpecError(path, f"{where}.probes[{i}]", f"unknown probe {probe!r} (known: {', '.join(PROBES.names())})")
+            for scale in SCALES:
+                if resolve_experiment(exp, scale).get("ood"):
+                    _check_ood(resolve_experiment(exp, scale), datasets, path, f"{where}.ood", scale)
         elif exp["benchmark"]["name"] not in BENCHMARKS:
             raise SpecError(path, f"{where}.benchmark.name", f"unknown benchmark {exp['benchmark']['name']!r} (known: {', '.join(BENCHMARKS.names())})")
         else:
@@ -245,6 +249,39 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
                 raise SpecError(path, f"{where}.{key}", f"unknown experiment {ref!r} (spec has {', '.join(doc['experiments'])})")
         _check_claim(claim, doc["experiments"], path, where, root)
     return Paper(id=doc["id"], path=path, doc=doc, experiments=doc["experiments"], claims=doc["claims"])
+
+
+def experiment_datasets(exp: dict) -> tuple[str, ...]:
+    """Every dataset a resolved experiment reads: its own, then its OOD sets' (the run's DAG inputs)."""
+    if not exp.get("dataset"):
+        return ()
+    sets = (exp.get("ood") or {}).get("sets", {}).values()
+    return tuple(dict.fromkeys([exp["dataset"], *(s["dataset"] for s in sets if "dataset" in s)]))
+
+
+def _check_ood(exp: dict, datasets: dict, path: Path, where: str, scale: str) -> None:
+    """An ``ood:`` section: known scores with known parameters, known datasets, tuning sets that exist."""
+    from softrepro.registry import SCORES
+
+    cfg = exp["ood"]
+    if exp.get("preprocess"):
+        raise SpecError(path, f"{where}", "OOD sets are scored in the raw input space: an experiment with "
+                        "'preprocess' cannot have an 'ood' section")
+    labels = []
+    for i, item in enumerate(cfg["scores"]):
+        item = {"name": item} if isinstance(item, str) else item
+        if item["name"] not in SCORES:
+            raise SpecError(path, f"{where}.scores[{i}].name", f"unknown score {item['name']!r} (known: {', '.join(SCORES.names())})")
+        _check_keys(SCORES, item["name"], {k: v for k, v in item.items() if k != "as"}, path, f"{where}.scores[{i}]", scale)
+        labels.append(item.get("as", item["name"]))
+    if len(set(labels)) != len(labels):
+        raise SpecError(path, f"{where}.scores", "two scores share a label: give one an 'as:'")
+    for name, s in cfg.get("sets", {}).items():
+        if "dataset" in s and s["dataset"] not in datasets:
+            raise SpecError(path, f"{where}.sets.{name}.dataset", f"unknown dataset {s['dataset']!r}")
+    for i, name in enumerate(cfg.get("tune_sets", [])):
+        if name not in cfg.get("sets", {}):
+            raise SpecError(path, f"{where}.tune_sets[{i}]", f"unknown set {name!r} (sets: {', '.join(cfg.get('sets', {}))})")
 
 
 def _check_keys(registry, name: str, given: dict, path: Path, where: str, scale: str) -> None:

@@ -171,9 +171,21 @@ def evaluate_task(task: str, model, loss_fn, x, y, final: bool = False):
     return (metrics, None) if final else metrics
 
 
-def _make_optimizer(cfg: dict, params):
-    kw = {k: v for k, v in cfg.items() if k != "name"}
-    return OPTIMIZERS.get(cfg["name"])(params, **kw)
+def _make_optimizer(cfg: dict, model):
+    """``decay: <glob>`` (an engine key, not the optimizer's): weight decay only on the parameters
+    whose names match, e.g. ``body.*.weight`` for an L2 penalty on the hidden weights alone."""
+    kw = {k: v for k, v in cfg.items() if k not in ("name", "decay")}
+    params = list(model.named_parameters())
+    if "decay" in cfg:
+        from fnmatch import fnmatch
+
+        decayed = [p for n, p in params if fnmatch(n, cfg["decay"])]
+        if not decayed:
+            raise ValueError(f"optimizer.decay {cfg['decay']!r} matches no parameter (names: {', '.join(n for n, _ in params)})")
+        rest = [p for n, p in params if not fnmatch(n, cfg["decay"])]
+        groups = [{"params": decayed}, {"params": rest, "weight_decay": 0.0}]
+        return OPTIMIZERS.get(cfg["name"])(groups, **kw)
+    return OPTIMIZERS.get(cfg["name"])([p for _, p in params], **kw)
 
 
 def _make_schedule(cfg: dict | None, opt, steps: int):
@@ -213,7 +225,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     loss_cfg = dict(exp["loss"])
     loss_fn = LOSSES.get(loss_cfg.pop("name"))(**loss_cfg)
     loss_bits = getattr(loss_fn, "precision", None)  # a loss computed at another precision (e.g. float64 softmax)
-    opt = _make_optimizer(exp["optimizer"], model.parameters())
+    opt = _make_optimizer(exp["optimizer"], model)
     sched = _make_schedule(exp.get("schedule"), opt, exp["steps"])
     clip = exp.get("grad_clip")
 
@@ -305,9 +317,15 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             for name in exp["probes"]:
                 metrics.update(PROBES.get(name)(model, xtr, ytr, loss_fn=loss_fn))
         model.train()
+    extras = {"label_noise": noise_record, "reliability": reliability}
+    if exp.get("ood"):  # post-hoc scores on this model: OOD sets and misclassification detection
+        from softrepro import ood
+
+        ood_metrics, extras["ood"] = ood.evaluate(model, exp["ood"], xtr, ytr, xte, yte, n_classes, seed, root)
+        metrics.update(ood_metrics)
     wall = elapsed_before + time.perf_counter() - t0
     metrics.update(train_loss_final=history[-1]["train_loss"] if history else math.nan, steps=steps,
                    n_train=len(ytr), n_test=len(yte), train_seconds=wall,
                    steps_per_second=(steps - start_step) / max(time.perf_counter() - t0, 1e-9))
     ckpt_path.unlink(missing_ok=True)
-    return metrics, pd.DataFrame(history), {"label_noise": noise_record, "reliability": reliability}
+    return metrics, pd.DataFrame(history), extras

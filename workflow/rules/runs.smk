@@ -17,7 +17,7 @@ def _owner(w):
 
 def _run_inputs(w):
     j = _owner(w)
-    return [LAYOUT.dataset_marker(j.dataset)] if j.dataset else []
+    return [LAYOUT.dataset_marker(d) for d in j.inputs]
 
 
 def _computing(w):

@@ -202,3 +202,42 @@ def reliability(out: Path, paper: str, experiments: list[str]):
     ax.set_title("reliability (15 bins, all seeds pooled)")
     fig.tight_layout()
     return fig
+
+
+def ood(out: Path, paper: str, experiment: str):
+    """Post-hoc scores of one experiment: per OOD set, the ROC curve of every score (mean TPR over
+    seeds on a common FPR grid, band = min-max over seeds) and each score's histogram, in vs out
+    (the first seed's)."""
+    recs = [json.loads(f.read_text()) for f in sorted((out / "runs" / paper / experiment).glob("seed*/metrics.json"))]
+    recs = [r for r in recs if (r.get("ood") or {}).get("curves")]
+    if not recs:
+        return None
+    keys = list(recs[0]["ood"]["curves"])
+    sets = list(dict.fromkeys(k.split("/")[0] for k in keys))
+    scores = list(dict.fromkeys(k.split("/")[1] for k in keys))
+    grid = np.linspace(0, 1, 101)
+    fig, axes = plt.subplots(len(sets), 1 + len(scores), figsize=(3.0 * (1 + len(scores)), 2.6 * len(sets)), squeeze=False)
+    for i, s in enumerate(sets):
+        ax = axes[i][0]
+        for sc in scores:
+            tprs = np.array([np.interp(grid, r["ood"]["curves"][f"{s}/{sc}"]["fpr"], r["ood"]["curves"][f"{s}/{sc}"]["tpr"])
+                             for r in recs if f"{s}/{sc}" in r["ood"]["curves"]])
+            line, = ax.plot(grid, tprs.mean(0), lw=1.2, label=sc)
+            ax.fill_between(grid, tprs.min(0), tprs.max(0), color=line.get_color(), alpha=0.2)
+        ax.plot([0, 1], [0, 1], ls=":", c="k", lw=0.6)
+        ax.set(xlabel="FPR (OOD accepted)", ylabel="TPR (in-distribution kept)", title=f"{experiment}: in vs {s}")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6)
+        for j, sc in enumerate(scores, start=1):
+            c = recs[0]["ood"]["curves"].get(f"{s}/{sc}")
+            ax = axes[i][j]
+            if c is None:
+                ax.axis("off")
+                continue
+            edges = np.asarray(c["edges"])
+            ax.stairs(c["hist_in"], edges, label="in-distribution", fill=True, alpha=0.5)
+            ax.stairs(c["hist_out"], edges, label=s, fill=True, alpha=0.5)
+            ax.set_title(f"{sc} score (seed {recs[0].get('seed', 0)})", fontsize=8)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig

@@ -214,6 +214,7 @@ def paper(res: Results, pid: str) -> list:
         spec = json.loads(spec)
         items.append(figures.EXPERIMENT_FIGURES[spec["kind"]](pd.concat(frames, ignore_index=True), metrics, spec))
     items.append(figures.reliability(res.out, pid, list(data)))
+    items += [figures.ood(res.out, pid, e) for e in data]
     return items
 
 

@@ -1,0 +1,1 @@
+"""Post-hoc OOD and confidence scores (registered in SCORES; see softrepro.ood)."""

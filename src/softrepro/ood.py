@@ -1,0 +1,262 @@
+"""Post-hoc confidence scores of a trained classifier: out-of-distribution (OOD) detection and
+misclassification detection, for experiments with an ``ood:`` section.
+
+The classifier trains once per seed; every score listed is then computed on the same model
+(one run, many scores).  A score is registered in ``SCORES`` (softrepro.registry) as a class
+``Score(**params)`` with ``fit(ctx)`` (statistics from the training set, or tuning) and
+``score(ctx, x) -> float64 tensor``, higher meaning "more in-distribution".  MSP and the
+maximum logit are built in; the papers' scores live under ``softrepro.methods.ood``.
+
+OOD sets (``ood.sets``) are either generated noise in the classifier's input space (pixels in
+[0, 1] after ``to_float``), seeded by the run's seed and the set's name, or the test split of
+another dataset.  Each set is scored against the in-distribution test set.  Conventions
+(stated per metric, since the papers differ):
+
+- ``auroc``: ROC AUC with in-distribution as the positive class (symmetric in the choice);
+- ``aupr_in``: average precision with in-distribution positive, scored by the score;
+  ``aupr_out``: OOD positive, scored by minus the score (Hendrycks & Gimpel's In/Out);
+- ``fpr95``: the share of OOD inputs accepted at the threshold that keeps 95 % of the
+  in-distribution inputs (ODIN's and the energy paper's FPR at 95 % TPR, in-distribution positive);
+- ``detection_error``: min over thresholds of 0.5 (1 - TPR) + 0.5 FPR (ODIN);
+- ``mean_out``: the mean score on the OOD set (H&G's "Pred. Prob (mean)" for MSP);
+- ``ood_avg_<score>_<metric>``: the mean over the scored OOD sets (the papers' "average" rows).
+
+Misclassification detection (``ood.misclassification: true``) scores the in-distribution test
+set against its own errors: ``err_<score>_auroc`` (correct positive), ``_aupr_succ`` (correct
+positive), ``_aupr_err`` (errors positive, scored by minus the score), ``_mean_wrong`` (mean
+score of the wrong predictions), beside ``test_error``.  All from scikit-learn's ``roc_curve``,
+``roc_auc_score`` and ``average_precision_score``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from softrepro.registry import SCORES
+
+HIST_BINS = 40
+ROC_POINTS = 101
+
+
+# --------------------------------------------------------------------------- metrics
+
+def detection_metrics(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
+    """OOD metrics for scores where higher means in-distribution (see the module docstring)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    s_in, s_out = np.asarray(s_in, np.float64), np.asarray(s_out, np.float64)
+    y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    s = np.r_[s_in, s_out]
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)  # every threshold: fpr95 reads the exact point
+    return {
+        "auroc": float(roc_auc_score(y, s)),
+        "aupr_in": float(average_precision_score(y, s)),
+        "aupr_out": float(average_precision_score(1 - y, -s)),
+        "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+        "detection_error": float(np.min(0.5 * (1 - tpr) + 0.5 * fpr)),
+        "mean_out": float(s_out.mean()),
+    }
+
+
+def misclassification_metrics(score: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """Error detection on one test set: correct predictions are the positive ("success") class."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    score, correct = np.asarray(score, np.float64), np.asarray(correct, bool)
+    if correct.all() or not correct.any():
+        return {"auroc": float("nan"), "aupr_succ": float("nan"), "aupr_err": float("nan"),
+                "mean_wrong": float(score[~correct].mean()) if (~correct).any() else float("nan")}
+    return {
+        "auroc": float(roc_auc_score(correct, score)),
+        "aupr_succ": float(average_precision_score(correct, score)),
+        "aupr_err": float(average_precision_score(~correct, -score)),
+        "mean_wrong": float(score[~correct].mean()),
+    }
+
+
+def curves(s_in: np.ndarray, s_out: np.ndarray) -> dict:
+    """What the report draws: the ROC curve (at most ROC_POINTS points) and both histograms on shared bins."""
+    from sklearn.metrics import roc_curve
+
+    y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    fpr, tpr, _ = roc_curve(y, np.r_[s_in, s_out])
+    keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_POINTS).round().astype(int))
+    both = np.r_[s_in, s_out]
+    lo, hi = np.percentile(both, [0.5, 99.5])
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, HIST_BINS + 1)
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "edges": edges.tolist(),
+            "hist_in": np.histogram(np.clip(s_in, edges[0], edges[-1]), edges)[0].tolist(),
+            "hist_out": np.histogram(np.clip(s_out, edges[0], edges[-1]), edges)[0].tolist()}
+
+
+# --------------------------------------------------------------------------- context
+
+@dataclass
+class Context:
+    """The trained model and the data a score may use.  ``outputs(x)`` gives (logits, penultimate
+    features) in float64 on the CPU, batched; training-set outputs are computed once and shared."""
+    model: torch.nn.Module
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    n_classes: int
+    tune: dict = field(default_factory=dict)  # name -> inputs of a set reserved for tuning
+    x_tune_in: torch.Tensor | None = None     # in-distribution inputs for tuning (held out from the test set)
+    batch: int = 1000
+    _train_out: tuple | None = None
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feats = [], []
+        for i in range(0, len(x), self.batch):
+            logits.append(self.model(x[i : i + self.batch]).double().cpu())
+            pen = getattr(self.model, "penultimate", None)
+            feats.append(pen.double().cpu() if pen is not None else logits[-1])
+        return torch.cat(logits), torch.cat(feats)
+
+    def train_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._train_out is None:
+            self._train_out = self.outputs(self.x_train)
+        return self._train_out
+
+    def readout(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last linear layer's weight and bias (float64, CPU)."""
+        lin = self.model.readout
+        return lin.weight.detach().double().cpu(), None if lin.bias is None else lin.bias.detach().double().cpu()
+
+    def input_gradient(self, x: torch.Tensor, objective) -> torch.Tensor:
+        """d objective(logits, features).sum() / dx, batched (for input-perturbation scores)."""
+        grads = []
+        for i in range(0, len(x), self.batch):
+            xb = x[i : i + self.batch].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self.model(xb)
+                pen = getattr(self.model, "penultimate", None)
+                objective(logits, pen if pen is not None else logits).sum().backward()
+            grads.append(xb.grad.detach())
+        self.model.zero_grad(set_to_none=True)
+        return torch.cat(grads)
+
+
+class Score:
+    """Base class: ``fit`` does nothing; ``score`` must be defined."""
+
+    def fit(self, ctx: Context) -> None:
+        pass
+
+    def score(self, ctx: Context, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def chosen(self) -> dict:
+        """Hyper-parameters chosen by ``fit`` (tuning), recorded in metrics.json."""
+        return {}
+
+
+@SCORES.register("msp")
+class MaxSoftmax(Score):
+    """Maximum softmax probability (Hendrycks & Gimpel 2017), optionally at a temperature."""
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = temperature
+
+    def score(self, ctx, x):
+        return (ctx.outputs(x)[0] / self.temperature).softmax(1).amax(1)
+
+
+@SCORES.register("max_logit")
+class MaxLogit(Score):
+    def score(self, ctx, x):
+        return ctx.outputs(x)[0].amax(1)
+
+
+# --------------------------------------------------------------------------- sets
+
+def _seed_for(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little")
+
+
+def generate_noise(kind: str, n: int, shape: tuple, seed: int, name: str, params: dict) -> np.ndarray:
+    """Noise images in the input space: ``gaussian`` N(mean, std) (optionally clipped to [lo, hi]),
+    ``uniform`` U[low, high).  Seeded by (run seed, set name): the same set for every score."""
+    rng = np.random.default_rng(_seed_for(seed, name))
+    if kind == "gaussian":
+        x = rng.normal(params.get("mean", 0.0), params.get("std", 1.0), size=(n, *shape))
+    elif kind == "uniform":
+        x = rng.uniform(params.get("low", 0.0), params.get("high", 1.0), size=(n, *shape))
+    else:
+        raise ValueError(f"unknown noise {kind!r} (gaussian, uniform)")
+    if params.get("clip") is not None:
+        x = np.clip(x, *params["clip"])
+    return x.astype(np.float32)
+
+
+def load_set(name: str, spec: dict, shape: tuple, seed: int, root: Path) -> np.ndarray:
+    if "noise" in spec:
+        return generate_noise(spec["noise"], spec.get("n", 10000), shape, seed, name, spec)
+    from softrepro.datasets import load_splits, to_float
+    from softrepro.spec import load_datasets
+
+    ds = spec["dataset"]
+    x = to_float(load_splits(ds, load_datasets(root)[ds], root, seed)[spec.get("split", "test")][0])
+    if "n" in spec:
+        x = x[: spec["n"]]
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"OOD set {name!r} ({ds}) has inputs of shape {x.shape[1:]}, the classifier takes {shape}")
+    return x
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def make_scores(cfg: dict) -> dict[str, Score]:
+    """``scores: [name | {name, as?, ...params}]`` -> {label: Score}."""
+    out = {}
+    for item in cfg["scores"]:
+        item = {"name": item} if isinstance(item, str) else dict(item)
+        name = item.pop("name")
+        label = item.pop("as", name)
+        out[label] = SCORES.get(name)(**item)
+    return out
+
+
+def evaluate(model, cfg: dict, x_train, y_train, x_test, y_test, n_classes: int, seed: int, root: Path):
+    """All scores on all sets: (scalar metrics, extras for metrics.json: chosen hyper-parameters and curves)."""
+    device = x_test.device
+    model.eval()
+    holdout = int(cfg.get("holdout", 0))
+    shape = tuple(x_test.shape[1:])
+    sets = {n: torch.from_numpy(load_set(n, s, shape, seed, root)).to(device=device, dtype=x_test.dtype)
+            for n, s in cfg.get("sets", {}).items()}
+    tune_names = set(cfg.get("tune_sets", []))
+    ctx = Context(model, x_train, y_train, n_classes, tune={n: sets[n] for n in tune_names},
+                  x_tune_in=x_test[:holdout] if holdout else None)
+    x_in, y_in = x_test[holdout:], y_test[holdout:]
+    metrics, extras = {}, {"chosen": {}, "curves": {}}
+    try:
+        scores = make_scores(cfg)
+        for label, sc in scores.items():
+            sc.fit(ctx)
+            extras["chosen"][label] = sc.chosen()
+            s_in = sc.score(ctx, x_in).numpy()
+            if cfg.get("misclassification"):
+                pred = ctx.outputs(x_in)[0].argmax(1).numpy()
+                correct = pred == y_in.cpu().numpy()
+                metrics["test_error"] = float(1 - correct.mean())  # on the scored inputs (all but the holdout)
+                metrics |= {f"err_{label}_{k}": v for k, v in misclassification_metrics(s_in, correct).items()}
+                metrics[f"err_{label}_mean_correct"] = float(s_in[correct].mean())
+            metrics[f"ood_in_{label}_mean"] = float(s_in.mean())
+            for name, x_out in sets.items():
+                if name in tune_names:
+                    continue
+                s_out = sc.score(ctx, x_out).numpy()
+                metrics |= {f"ood_{name}_{label}_{k}": v for k, v in detection_metrics(s_in, s_out).items()}
+                extras["curves"][f"{name}/{label}"] = curves(s_in, s_out)
+            scored = [n for n in sets if n not in tune_names]
+            if len(scored) > 1:  # the mean over the OOD sets, as the papers' "average" columns
+                for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"):
+                    metrics[f"ood_avg_{label}_{k}"] = float(np.mean([metrics[f"ood_{n}_{label}_{k}"] for n in scored]))
+    finally:
+        model.train()
+    return metrics, extras

@@ -1,0 +1,185 @@
+"""Post-hoc OOD scores against their formulas, and each metric convention on hand-computed cases."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from softrepro.calibration import fit_temperature
+from softrepro.ood import Context, detection_metrics, evaluate, generate_noise, make_scores, misclassification_metrics
+from softrepro.registry import SCORES
+
+
+# ---------------------------------------------------------------- metric conventions (by hand)
+
+def test_detection_metrics_by_hand():
+    s_in = np.array([0.9, 0.8, 0.7, 0.6])
+    s_out = np.array([0.65, 0.5, 0.4, 0.3])
+    m = detection_metrics(s_in, s_out)
+    assert m["auroc"] == pytest.approx(15 / 16)  # 15 of the 16 (in, out) pairs are ordered
+    # in positive by score: ranks in,in,in,out,in -> precisions 1,1,1,4/5 at the positives
+    assert m["aupr_in"] == pytest.approx((3 + 0.8) / 4)
+    # out positive by -score: out,out,out,in,out -> 1,1,1,4/5
+    assert m["aupr_out"] == pytest.approx((3 + 0.8) / 4)
+    # keeping all four in-distribution inputs (TPR >= 95 %) needs threshold 0.6: one OOD input (0.65) passes
+    assert m["fpr95"] == pytest.approx(0.25)
+    assert m["detection_error"] == pytest.approx(0.125)  # threshold 0.7: 0.5 * 0.25 + 0.5 * 0
+    assert m["mean_out"] == pytest.approx(0.4625)
+
+
+def test_fpr95_is_the_first_threshold_keeping_95_percent_of_in_distribution():
+    s_in = np.arange(100, dtype=float)       # 0..99: 95 % kept means threshold 5
+    s_out = np.array([4.5, 5.0, 50.0, -1.0])  # 5.0 and 50 pass (ties count as accepted)
+    assert detection_metrics(s_in, s_out)["fpr95"] == pytest.approx(0.5)
+
+
+def test_perfect_and_inverted_separation():
+    good = detection_metrics(np.array([3.0, 4.0]), np.array([1.0, 2.0]))
+    assert good["auroc"] == 1 and good["fpr95"] == 0 and good["detection_error"] == 0
+    bad = detection_metrics(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    assert bad["auroc"] == 0 and bad["fpr95"] == 1
+
+
+def test_misclassification_metrics_by_hand():
+    score = np.array([0.99, 0.95, 0.9, 0.6, 0.7])
+    correct = np.array([True, True, True, False, False])
+    m = misclassification_metrics(score, correct)
+    assert m["auroc"] == pytest.approx(1.0)
+    assert m["aupr_succ"] == pytest.approx(1.0)
+    assert m["aupr_err"] == pytest.approx(1.0)  # the errors have the two lowest scores
+    assert m["mean_wrong"] == pytest.approx(0.65)
+    m = misclassification_metrics(np.array([0.9, 0.8, 0.95]), np.array([True, False, False]))
+    assert m["auroc"] == pytest.approx(0.5)  # the correct one beats one error of two
+    assert m["aupr_err"] == pytest.approx((1 + 2 / 3) / 2)  # by -score: err(0.8), ok(0.9), err(0.95)... ranks 1 and 3
+
+
+# ---------------------------------------------------------------- scores against their formulas
+
+class Tiny(nn.Module):
+    """A two-layer net that keeps ``penultimate`` and ``readout`` like the engine's models."""
+
+    def __init__(self, d=6, h=5, k=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(d, h), nn.Tanh())
+        self.readout = nn.Linear(h, k)
+
+    def forward(self, x):
+        self.penultimate = self.body(x)
+        return self.readout(self.penultimate)
+
+
+@pytest.fixture
+def ctx():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 6, generator=g)
+    y = torch.randint(0, 3, (300,), generator=g)
+    return Context(Tiny().double(), x.double(), y, 3)
+
+
+def test_msp_max_logit_energy(ctx):
+    x = torch.randn(20, 6, dtype=torch.float64)
+    z = ctx.model(x).detach()
+    assert torch.allclose(SCORES.get("msp")().score(ctx, x), z.softmax(1).amax(1))
+    assert torch.allclose(SCORES.get("msp")(temperature=2.0).score(ctx, x), (z / 2).softmax(1).amax(1))
+    assert torch.allclose(SCORES.get("max_logit")().score(ctx, x), z.amax(1))
+    e = SCORES.get("energy")(temperature=3.0)
+    assert torch.allclose(e.score(ctx, x), 3.0 * torch.log(torch.exp(z / 3.0).sum(1)))
+
+
+def test_odin_perturbs_along_the_gradient_sign(ctx):
+    x = torch.randn(8, 6, dtype=torch.float64)
+    t, eps = 10.0, 0.01
+    odin = SCORES.get("odin")(temperature=t, epsilon=eps)
+    xr = x.clone().requires_grad_(True)
+    torch.log((ctx.model(xr) / t).softmax(1).amax(1)).sum().backward()
+    want = (ctx.model(x + eps * xr.grad.sign()) / t).softmax(1).amax(1)
+    got = odin.score(ctx, x)
+    assert torch.allclose(got, want.detach())
+    assert (got >= SCORES.get("odin")(temperature=t, epsilon=0.0).score(ctx, x) - 1e-12).all()  # a step uphill
+
+
+def test_odin_grid_is_tuned_on_the_tuning_sets_only(ctx):
+    x_in = torch.randn(200, 6, dtype=torch.float64)
+    ctx.x_tune_in, ctx.tune = x_in, {"noise": 5 * torch.randn(200, 6, dtype=torch.float64)}
+    odin = SCORES.get("odin")(temperature=[1.0, 1000.0], epsilon=[0.0, 0.005])
+    odin.fit(ctx)
+    best = min(odin.grid, key=lambda r: (r["fpr95"], -r["auroc"]))
+    assert len(odin.grid) == 4 and (odin.t, odin.eps) == (best["temperature"], best["epsilon"])
+    with pytest.raises(ValueError, match="holdout"):
+        SCORES.get("odin")(temperature=[1.0, 2.0]).fit(Context(ctx.model, ctx.x_train, ctx.y_train, 3))
+
+
+def test_mahalanobis_matches_the_formula(ctx):
+    m = SCORES.get("mahalanobis")()
+    m.fit(ctx)
+    f = ctx.model.body(ctx.x_train).detach().numpy()
+    y = ctx.y_train.numpy()
+    mu = np.stack([f[y == c].mean(0) for c in range(3)])
+    c = f - mu[y]
+    prec = np.linalg.pinv(c.T @ c / len(f))
+    x = torch.randn(10, 6, dtype=torch.float64)
+    fx = ctx.model.body(x).detach().numpy()
+    want = np.max([-np.einsum("nd,de,ne->n", fx - mu[k], prec, fx - mu[k]) for k in range(3)], axis=0)
+    assert np.allclose(m.score(ctx, x).numpy(), want)
+
+
+def test_mahalanobis_preprocessing_raises_the_score(ctx):
+    x = torch.randn(10, 6, dtype=torch.float64)
+    plain, pre = SCORES.get("mahalanobis")(), SCORES.get("mahalanobis")(epsilon=0.01)
+    plain.fit(ctx), pre.fit(ctx)
+    assert (pre.score(ctx, x) >= plain.score(ctx, x) - 1e-9).all()
+
+
+def test_vim_and_residual_match_the_formula(ctx):
+    v, r = SCORES.get("vim")(dim=2), SCORES.get("residual")(dim=2)
+    v.fit(ctx), r.fit(ctx)
+    w, b = ctx.model.readout.weight.detach().numpy(), ctx.model.readout.bias.detach().numpy()
+    ftr = ctx.model.body(ctx.x_train).detach().numpy()
+    u = -np.linalg.pinv(w) @ b
+    vals, vecs = np.linalg.eigh((ftr - u).T @ (ftr - u) / len(ftr))
+    ns = vecs[:, np.argsort(-vals)[2:]]  # all but the top 2
+    ltr = ftr @ w.T + b
+    alpha = ltr.max(1).mean() / np.linalg.norm((ftr - u) @ ns, axis=1).mean()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    fx = ctx.model.body(x).detach().numpy()
+    lx = fx @ w.T + b
+    res = np.linalg.norm((fx - u) @ ns, axis=1)
+    want = np.log(np.exp(lx).sum(1)) - alpha * res
+    assert np.allclose(v.score(ctx, x).numpy(), want)
+    assert np.allclose(r.score(ctx, x).numpy(), -res)
+    with pytest.raises(ValueError, match="below the feature width"):
+        SCORES.get("vim")(dim=5).fit(ctx)
+
+
+# ---------------------------------------------------------------- sets, temperature, evaluation
+
+def test_noise_sets_are_seeded_shaped_and_clipped():
+    a = generate_noise("gaussian", 50, (1, 4, 4), 0, "g", {"mean": 0.5, "std": 1.0, "clip": [0, 1]})
+    assert a.shape == (50, 1, 4, 4) and a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a, generate_noise("gaussian", 50, (1, 4, 4), 0, "g", {"mean": 0.5, "std": 1.0, "clip": [0, 1]}))
+    assert not np.array_equal(a, generate_noise("gaussian", 50, (1, 4, 4), 1, "g", {"mean": 0.5, "std": 1.0, "clip": [0, 1]}))
+    u = generate_noise("uniform", 20000, (3,), 0, "u", {})
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    g = generate_noise("gaussian", 20000, (3,), 0, "n", {})
+    assert abs(g.mean()) < 0.02 and abs(g.std() - 1) < 0.02 and g.min() < 0  # N(0, 1), unclipped
+
+
+def test_fit_temperature_recovers_the_generating_temperature():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 5, generator=g, dtype=torch.float64) * 3
+    y = torch.multinomial((z / 2.5).softmax(1), 1, generator=g).squeeze(1)
+    assert fit_temperature(z, y) == pytest.approx(2.5, rel=0.05)
+
+
+def test_evaluate_names_metrics_by_set_score_and_convention(ctx, tmp_path):
+    cfg = {"scores": ["msp", {"name": "energy", "as": "energy-t2", "temperature": 2.0}], "misclassification": True,
+           "sets": {"wide": {"noise": "gaussian", "std": 5.0, "n": 300}}}
+    m, extras = evaluate(ctx.model, cfg, ctx.x_train, ctx.y_train, ctx.x_train[:100], ctx.y_train[:100], 3, 0, tmp_path)
+    for label in ("msp", "energy-t2"):
+        for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error", "mean_out"):
+            assert 0 <= m[f"ood_wide_{label}_{k}"] or k == "mean_out"
+        assert {f"err_{label}_auroc", f"err_{label}_aupr_succ", f"err_{label}_aupr_err"} <= m.keys()
+    assert 0 <= m["test_error"] <= 1
+    curve = extras["curves"]["wide/msp"]
+    assert curve["fpr"][0] == 0 and curve["tpr"][-1] == 1 and sum(curve["hist_out"]) == 300
+    assert set(make_scores(cfg)) == {"msp", "energy-t2"}
