@@ -183,3 +183,47 @@ def test_evaluate_names_metrics_by_set_score_and_convention(ctx, tmp_path):
     curve = extras["curves"]["wide/msp"]
     assert curve["fpr"][0] == 0 and curve["tpr"][-1] == 1 and sum(curve["hist_out"]) == 300
     assert set(make_scores(cfg)) == {"msp", "energy-t2"}
+
+
+def test_far_field_saturates_along_rays_for_a_relu_net():
+    from softrepro.methods.ood.far_field import LAMBDAS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 20), nn.ReLU(), nn.Linear(20, 2)).double()
+    x = torch.randn(200, 2, dtype=torch.float64)
+    from softrepro.registry import PROBES
+
+    m = PROBES.get("far_field")(model, x, None)
+    assert set(m) == {"train_msp_mean"} | {f"far_{k}_l{lam}" for k in ("msp_mean", "msp099", "grad", "auroc") for lam in LAMBDAS}
+    assert m["far_msp_mean_l1"] == pytest.approx(m["train_msp_mean"])
+    assert m["far_auroc_l1"] == pytest.approx(0.5)  # the same points on both sides
+    # piecewise affine: far out the logit gap grows linearly, so MSP -> 1 and its gradient -> 0
+    assert m["far_msp_mean_l1000"] > m["far_msp_mean_l1"] and m["far_grad_l1000"] < m["far_grad_l1"]
+    # the gradient of MSP at lambda * x by hand for one point
+    x0 = x[:1] * 10
+    xr = x0.clone().requires_grad_(True)
+    model(xr).softmax(1).amax(1).sum().backward()
+    from softrepro.methods.ood.far_field import _msp_and_grad
+    assert _msp_and_grad(model, x0)[1][0] == pytest.approx(float(xr.grad.norm()))
+
+
+def test_crc_lambda_hat_matches_a_brute_force_search():
+    from softrepro.methods.ood.conformal_risk import lambda_hat_step_losses
+
+    rng = np.random.default_rng(0)
+    u, v = rng.random((50, 20)), rng.random((50, 20))
+    got = lambda_hat_step_losses(u, v, alpha=0.3)
+    grid = np.r_[0.0, np.sort(np.unique(u))]  # the adjusted risk only changes at the U_i
+    for i in range(50):
+        risk = np.array([(v[i] * (u[i] > lam)).mean() for lam in grid])
+        ok = 20 / 21 * risk + 1 / 21 <= 0.3
+        assert got[i] == (grid[ok.argmax()] if ok.any() else 1.0)
+
+
+def test_crc_bounds_hold_and_the_nonmonotone_loss_breaks_them():
+    from softrepro.registry import BENCHMARKS
+
+    m, rows = BENCHMARKS.get("conformal_risk_synthetic")({"n_values": [50], "alpha": 0.1, "trials": 4000,
+                                                          "nonmonotone": {"n": 10, "alpha": 0.2, "p": 0.5, "grid": 500, "trials": 2000}}, 0)
+    assert m["crc_lower_n50"] - 0.005 <= m["crc_risk_n50"] <= 0.1 + 0.005  # Theorems 2 and 1, with Monte-Carlo slack
+    assert m["crc_nonmonotone_risk"] > 0.4  # Proposition 1: far above alpha = 0.2

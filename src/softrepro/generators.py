@@ -27,3 +27,15 @@ def modular_arithmetic(seed: int, p: int = 113, op: str = "add", train_fraction:
     n_train = int(train_fraction * p * p)
     tr, te = order[:n_train], order[n_train:]
     return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}
+
+
+@GENERATORS.register("moons")
+def moons(seed: int, n_samples: int = 750, noise: float = 0.125, n_train: int = 500, data_seed: int | None = None):
+    """scikit-learn's two interleaving half-moons (``make_moons``), float32 [N, 2], labels 0/1; the
+    first ``n_train`` points are the training set, the rest the test set.  ``data_seed`` fixes the
+    data for every run (otherwise each seed draws its own)."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed if data_seed is None else data_seed)
+    x, y = x.astype(np.float32), y.astype(np.int64)
+    return {"train": (x[:n_train], y[:n_train]), "test": (x[n_train:], y[n_train:])}

@@ -24,9 +24,13 @@ class Mahalanobis(Score):
         cov = centred.T @ centred / len(feats)
         self.precision = torch.linalg.pinv(cov, hermitian=True)
 
-    def _score_feats(self, f: torch.Tensor) -> torch.Tensor:
-        d = f[:, None, :] - self.means.to(f)[None]
-        return -torch.einsum("ncd,de,nce->nc", d, self.precision.to(f), d).amin(1)
+    def _score_feats(self, f: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        mu, prec = self.means.to(f), self.precision.to(f)
+        out = []
+        for i in range(0, len(f), chunk):  # [chunk, classes, width] at a time
+            d = f[i : i + chunk, None, :] - mu[None]
+            out.append(-torch.einsum("ncd,de,nce->nc", d, prec, d).amin(1))
+        return torch.cat(out)
 
     def score(self, ctx, x):
         if self.epsilon:
