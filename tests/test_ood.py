@@ -227,3 +227,13 @@ def test_crc_bounds_hold_and_the_nonmonotone_loss_breaks_them():
                                                           "nonmonotone": {"n": 10, "alpha": 0.2, "p": 0.5, "grid": 500, "trials": 2000}}, 0)
     assert m["crc_lower_n50"] - 0.005 <= m["crc_risk_n50"] <= 0.1 + 0.005  # Theorems 2 and 1, with Monte-Carlo slack
     assert m["crc_nonmonotone_risk"] > 0.4  # Proposition 1: far above alpha = 0.2
+
+
+def test_moons_generator_splits_and_seeds():
+    from softrepro.registry import GENERATORS
+
+    a = GENERATORS.get("moons")(0, n_samples=100, noise=0.1, n_train=70)
+    assert a["train"][0].shape == (70, 2) and a["test"][0].shape == (30, 2) and set(a["train"][1]) == {0, 1}
+    b = GENERATORS.get("moons")(1, n_samples=100, noise=0.1, n_train=70)
+    c = GENERATORS.get("moons")(1, n_samples=100, noise=0.1, n_train=70, data_seed=0)
+    assert not np.array_equal(a["train"][0], b["train"][0]) and np.array_equal(a["train"][0], c["train"][0])
