@@ -237,3 +237,21 @@ def test_moons_generator_splits_and_seeds():
     b = GENERATORS.get("moons")(1, n_samples=100, noise=0.1, n_train=70)
     c = GENERATORS.get("moons")(1, n_samples=100, noise=0.1, n_train=70, data_seed=0)
     assert not np.array_equal(a["train"][0], b["train"][0]) and np.array_equal(a["train"][0], c["train"][0])
+
+
+def test_abnormality_module_pieces():
+    from softrepro.methods.ood.abnormality import _distort
+    from softrepro.registry import LOSSES, MODELS
+
+    model = MODELS.get("mlp_decoder")(in_shape=(1, 28, 28), n_classes=10)
+    x = torch.rand(5, 1, 28, 28)
+    y = torch.randint(0, 10, (5,))
+    logits = model(x)
+    assert logits.shape == (5, 10) and model.reconstruction.shape == (5, 784) and model.branch_out.shape == (5, 256)
+    want = 0.9 * torch.nn.functional.cross_entropy(logits, y) + 0.1 * ((model.reconstruction - x.flatten(1)) ** 2).mean()
+    assert torch.allclose(LOSSES.get("ce_reconstruction")(weight=0.1)(logits, y, model), want)
+    imgs = np.random.default_rng(0).random((6, 28, 28))
+    out = _distort(imgs, np.array([3, 3, 3, 3, 0, 7]), np.random.default_rng(1), (2, 2, 2))
+    assert out.shape == (6, 28, 28)
+    assert out[2].std() < imgs[2].std() / 3  # a sigma ~ 5 blur flattens the image
+    assert not np.allclose(out[4], imgs[4]) and np.allclose(np.sort(out[5].ravel()), np.sort(imgs[5].ravel()))  # zero: noise; 7: rotated

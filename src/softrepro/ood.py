@@ -103,6 +103,7 @@ class Context:
     x_train: torch.Tensor
     y_train: torch.Tensor
     n_classes: int
+    seed: int = 0  # the run's seed, for scores that draw random numbers
     tune: dict = field(default_factory=dict)  # name -> inputs of a set reserved for tuning
     x_tune_in: torch.Tensor | None = None     # in-distribution inputs for tuning (held out from the test set)
     batch: int = 1000
@@ -230,7 +231,7 @@ def evaluate(model, cfg: dict, x_train, y_train, x_test, y_test, n_classes: int,
     sets = {n: torch.from_numpy(load_set(n, s, shape, seed, root)).to(device=device, dtype=x_test.dtype)
             for n, s in cfg.get("sets", {}).items()}
     tune_names = set(cfg.get("tune_sets", []))
-    ctx = Context(model, x_train, y_train, n_classes, tune={n: sets[n] for n in tune_names},
+    ctx = Context(model, x_train, y_train, n_classes, seed=seed, tune={n: sets[n] for n in tune_names},
                   x_tune_in=x_test[:holdout] if holdout else None)
     x_in, y_in = x_test[holdout:], y_test[holdout:]
     metrics, extras = {}, {"chosen": {}, "curves": {}}
