@@ -255,3 +255,38 @@ def test_abnormality_module_pieces():
     assert out.shape == (6, 28, 28)
     assert out[2].std() < imgs[2].std() / 3  # a sigma ~ 5 blur flattens the image
     assert not np.allclose(out[4], imgs[4]) and np.allclose(np.sort(out[5].ravel()), np.sort(imgs[5].ravel()))  # zero: noise; 7: rotated
+
+
+def test_centroid_distance_and_its_deferral_rule(ctx):
+    c = SCORES.get("centroid")()
+    c.fit(ctx)
+    p = ctx.model(ctx.x_train).detach().softmax(1)
+    pred, y = p.argmax(1), ctx.y_train
+    ok = pred == y
+    for k in range(3):
+        assert torch.allclose(c.centroids[k], p[ok & (y == k)].mean(0))
+        wrong = ~ok & (pred == k)
+        if wrong.any():
+            assert c.tau[k] == pytest.approx(float((p[wrong] - c.centroids[k]).norm(dim=1).min()))
+    d = (p - c.centroids[pred]).norm(dim=1)
+    assert torch.allclose(c.score(ctx, ctx.x_train), -d)
+    acc = c.accept(ctx, ctx.x_train)
+    assert torch.equal(acc, d < c.tau[pred])
+    assert not acc[~ok].any()  # no wrong training prediction is accepted: tau is the closest one's distance
+
+
+def test_perturbations_and_shift_metrics(ctx):
+    from softrepro.ood import perturb, shift_metrics
+
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    assert np.allclose(perturb(x, "brightness", 2.0, 0, "b"), 1.0)
+    assert np.allclose(perturb(x, "contrast", 0.0, 0, "c"), 0.5)
+    assert np.allclose(perturb(x, "rotation", 360.0, 0, "r"), x, atol=1e-5)
+    assert perturb(x, "blur", 2.0, 0, "bl").std() < x.std()
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(x, "fog", 1.0, 0, "f")
+    c = SCORES.get("centroid")()
+    c.fit(ctx)
+    m = shift_metrics({"centroid": c, "msp": SCORES.get("msp")()}, ctx, ctx.x_train[:50], ctx.y_train[:50], {}, 0)
+    assert {"shift_clean_accuracy", "shift_clean_centroid_accept_rate", "shift_clean_centroid_accepted_accuracy"} <= m.keys()
+    assert not any("msp" in k for k in m)  # MSP has no acceptance rule

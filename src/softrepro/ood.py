@@ -21,6 +21,11 @@ another dataset.  Each set is scored against the in-distribution test set.  Conv
 - ``mean_out``: the mean score on the OOD set (H&G's "Pred. Prob (mean)" for MSP);
 - ``ood_avg_<score>_<metric>``: the mean over the scored OOD sets (the papers' "average" rows).
 
+Shifts (``ood.shifts``) are perturbed copies of the scored test images with their labels (noise,
+blur, brightness, contrast, rotation at a level): for scores with an acceptance rule (a method
+``accept(ctx, x) -> bool tensor``) the share accepted and the accuracy of what was accepted
+(``shift_<name>_<score>_accept_rate`` / ``_accepted_accuracy``, and ``shift_<name>_accuracy``).
+
 Misclassification detection (``ood.misclassification: true``) scores the in-distribution test
 set against its own errors: ``err_<score>_auroc`` (correct positive), ``_aupr_succ`` (correct
 positive), ``_aupr_err`` (errors positive, scored by minus the score), ``_mean_wrong`` (mean
@@ -209,6 +214,55 @@ def load_set(name: str, spec: dict, shape: tuple, seed: int, root: Path) -> np.n
     return x
 
 
+PERTURBATIONS = ("noise", "blur", "brightness", "contrast", "rotation")
+
+
+def perturb(x: np.ndarray, kind: str, level: float, seed: int, name: str) -> np.ndarray:
+    """A shifted copy of images [N, C, H, W] in [0, 1]: ``noise`` (Gaussian, std = level),
+    ``blur`` (Gaussian filter, sigma = level pixels), ``brightness`` (+ level), ``contrast``
+    (scaled about 0.5 by level), ``rotation`` (level degrees); clipped to [0, 1] again."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(_seed_for(seed, name))
+    if kind == "noise":
+        y = x + rng.normal(0, level, x.shape)
+    elif kind == "blur":
+        y = ndimage.gaussian_filter(x, sigma=(0, 0, level, level))
+    elif kind == "brightness":
+        y = x + level
+    elif kind == "contrast":
+        y = 0.5 + level * (x - 0.5)
+    elif kind == "rotation":
+        y = ndimage.rotate(x, level, axes=(2, 3), reshape=False, order=1)
+    else:
+        raise ValueError(f"unknown perturbation {kind!r} ({', '.join(PERTURBATIONS)})")
+    return np.clip(y, 0, 1).astype(np.float32)
+
+
+def shift_metrics(scores: dict, ctx, x_in, y_in, shifts: dict, seed: int) -> dict[str, float]:
+    """Per shift (a perturbed copy of the scored test images, labels kept) and for the clean
+    images: ``shift_<name>_accuracy``, and for every score with an acceptance rule (``accept``)
+    ``shift_<name>_<label>_accept_rate`` and ``_accepted_accuracy``; ``shift_avg_...`` over the shifts."""
+    out = {}
+    x_np = x_in.cpu().numpy()
+    named = {"clean": x_in} | {n: torch.from_numpy(perturb(x_np, s["perturb"], s["level"], seed, n)).to(x_in)
+                               for n, s in shifts.items()}
+    y = y_in.cpu().numpy()
+    for n, x in named.items():
+        correct = ctx.outputs(x)[0].argmax(1).numpy() == y
+        out[f"shift_{n}_accuracy"] = float(correct.mean())
+        for label, sc in scores.items():
+            if hasattr(sc, "accept"):
+                acc = sc.accept(ctx, x).numpy()
+                out[f"shift_{n}_{label}_accept_rate"] = float(acc.mean())
+                out[f"shift_{n}_{label}_accepted_accuracy"] = float(correct[acc].mean()) if acc.any() else float("nan")
+    keys = {k[len("shift_clean_"):] for k in out if k.startswith("shift_clean_")}
+    if shifts:
+        for k in keys:
+            out[f"shift_avg_{k}"] = float(np.nanmean([out[f"shift_{n}_{k}"] for n in shifts]))
+    return out
+
+
 # --------------------------------------------------------------------------- evaluation
 
 def make_scores(cfg: dict) -> dict[str, Score]:
@@ -258,6 +312,8 @@ def evaluate(model, cfg: dict, x_train, y_train, x_test, y_test, n_classes: int,
             if len(scored) > 1:  # the mean over the OOD sets, as the papers' "average" columns
                 for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"):
                     metrics[f"ood_avg_{label}_{k}"] = float(np.mean([metrics[f"ood_{n}_{label}_{k}"] for n in scored]))
+        if cfg.get("shifts"):
+            metrics |= shift_metrics(scores, ctx, x_in, y_in, cfg["shifts"], seed)
     finally:
         model.train()
     return metrics, extras
