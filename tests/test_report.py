@@ -35,7 +35,9 @@ def results(tmp_path):
     out.mkdir(parents=True)
     pd.DataFrame(claims).to_csv(out / "claims.csv", index=False)
     runs = [{"paper": "p1", "experiment": e, "seed": s, "status": "ok", "reason": None, "wall_seconds": 1.0,
-             "git_commit": "abc1234def", "device": "cpu", "metric.test_accuracy": 0.9} for e in ("a", "b") for s in range(3)]
+             "git_commit": "abc1234def", "device": "cpu", "metric.test_accuracy": 0.9,
+             "metric.ood_gaussian_msp_auroc": 0.9 + 0.01 * s if e == "a" else None,
+             "metric.ood_gaussian_max_logit_fpr95": 0.2 if e == "a" else None} for e in ("a", "b") for s in range(3)]
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
     for e in ("a", "b"):
         for s in range(3):
@@ -118,3 +120,10 @@ def test_paper_section_draws_each_declared_figure(results):
 def test_scatter_splits_by_level(results):
     fig = figures.published_vs_reproduced(results.claims)
     assert {ax.get_title().split(" (")[0] for ax in fig.axes} == {"faithful", "cut", "stand-in"}
+
+
+def test_ood_table_shows_scores_by_set_with_cis(results):
+    html = "".join(page.ood_tables(results, "p1"))
+    assert "a: OOD detection" in html and "b: OOD" not in html
+    assert "91.0 [88.5, 93.5]" in html  # 90, 91, 92 %: t(0.975, 2) * 1 / sqrt(3) = 2.48
+    assert "max_logit" in html and "/ 20.0 [20.0, 20.0]" in html

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def paper(res: Results, pid: str) -> list:
                                                    "p", "note", "what would refute it", "verdict"], classes))
     items.append(deviations(doc, res.scale["name"]))
     items.append(runs_table(res, pid, pc))
+    items += ood_tables(res, pid)
     data = {e: figures.step_logs(res.out, pid, e) for c in doc["claims"].values() for e in c["experiments"]}
     for r in pc.itertuples():
         claim = doc["claims"][r.claim]
@@ -247,6 +249,41 @@ def runs_table(res: Results, pid: str, pc: pd.DataFrame) -> str:
         rows.append([E(r["experiment"]), str(r["seed"]), E(status), E(str(r.get("device") or "")),
                      E(str(r.get("git_commit") or "")[:10]), fmt(r.get("wall_seconds")), E(vals)])
     return "<h3>Runs</h3>" + table(rows, ["experiment", "seed", "status", "device", "commit", "wall s", "metrics"])
+
+
+OOD_METRIC = re.compile(r"^metric\.ood_(?P<set>[a-z0-9-]+)_(?P<score>.+)_(?P<m>auroc|fpr95)$")
+
+
+def mean_ci(values: pd.Series) -> str:
+    """'mean [lo, hi]' in percent, a t interval over the seeds (the mean alone for one seed)."""
+    v = values.dropna().astype(float) * 100
+    if len(v) < 2:
+        return fmt(v.mean(), 3) if len(v) else ""
+    from scipy import stats
+
+    h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5
+    return f"{v.mean():.1f} [{v.mean() - h:.1f}, {v.mean() + h:.1f}]"
+
+
+def ood_tables(res: Results, pid: str) -> list[str]:
+    """Per experiment with post-hoc scores: scores x OOD sets, AUROC and FPR95 (%), mean and 95 % CI over seeds."""
+    pr = res.runs[(res.runs["paper"] == pid) & (res.runs["status"] == "ok")]
+    out = []
+    for exp, d in pr.groupby("experiment", sort=True):
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for c in d.columns:
+            m = OOD_METRIC.match(c)
+            if m and m["set"] != "in" and d[c].notna().any():
+                cells.setdefault((m["score"], m["set"]), {})[m["m"]] = mean_ci(d[c])
+        if not cells:
+            continue
+        scores = list(dict.fromkeys(k[0] for k in cells))
+        sets = sorted({k[1] for k in cells}, key=lambda x: (x == "avg", x))
+        rows = [[f"<b>{E(sc)}</b>"] + [E(" / ".join(cells.get((sc, st), {}).get(k, "") for k in ("auroc", "fpr95"))) for st in sets]
+                for sc in scores]
+        out.append(f"<h3>{E(exp)}: OOD detection, AUROC / FPR95 (%), mean [95 % CI] over {d['seed'].nunique()} seeds</h3>"
+                   + table(rows, ["score", *[("mean over sets" if st == "avg" else st) for st in sets]]))
+    return out
 
 
 def provenance(res: Results) -> list:
