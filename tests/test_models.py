@@ -36,3 +36,19 @@ def test_vggnet_refuses_an_input_too_small_for_its_blocks():
 def test_mlp_without_bias_has_no_bias_anywhere():
     m = MODELS.get("mlp")(in_shape=(30,), n_classes=10, hidden=[16, 16], bias=False)
     assert not [n for n, _ in m.named_parameters() if n.endswith("bias")]
+
+
+def test_unit_norm_init_scales_each_unit_and_zeroes_biases():
+    import pytest
+    import torch
+
+    from softrepro.models import MLP
+
+    torch.manual_seed(0)
+    m = MLP(in_shape=(20,), n_classes=3, hidden=(8, 8), init="unit_norm", init_divisors=[1.425, 0.85, 1.425])
+    lins = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    for lin, d in zip(lins, [1.425, 0.85, 1.425]):
+        assert torch.allclose(lin.weight.norm(dim=1), torch.full((lin.out_features,), 1 / d ** 0.5))
+        assert (lin.bias == 0).all()
+    with pytest.raises(ValueError, match="3 linear layers"):
+        MLP(in_shape=(20,), n_classes=3, hidden=(8, 8), init="unit_norm", init_divisors=[1.0])

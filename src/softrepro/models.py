@@ -7,8 +7,20 @@ from torch import nn
 from softrepro.registry import MODELS
 
 
-def _init(module: nn.Module, init: str) -> None:
+def _init(module: nn.Module, init: str, divisors=None) -> None:
     if init == "torch":
+        return
+    if init == "unit_norm":  # each unit's weight vector N(0, I) scaled to unit L2 norm, / sqrt(divisor); zero biases
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        divisors = list(divisors) if divisors is not None else [1.0] * len(linears)
+        if len(divisors) != len(linears):
+            raise ValueError(f"init_divisors has {len(divisors)} entries for {len(linears)} linear layers")
+        with torch.no_grad():
+            for m, d in zip(linears, divisors):
+                w = torch.randn_like(m.weight)
+                m.weight.copy_(w / w.norm(dim=1, keepdim=True) / float(d) ** 0.5)
+                if m.bias is not None:
+                    m.bias.zero_()
         return
     if init == "truncnormal":  # N(0, 0.1) truncated at 2 std, bias 0.1 (the TF tutorials' init)
         for m in module.modules():
@@ -23,7 +35,7 @@ def _init(module: nn.Module, init: str) -> None:
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         return
-    raise ValueError(f"unknown init {init!r} (torch, truncnormal, glorot)")
+    raise ValueError(f"unknown init {init!r} (torch, truncnormal, glorot, unit_norm)")
 
 
 class ConvNet(nn.Module):
@@ -75,7 +87,7 @@ class MLP(nn.Module):
     ReLU classifier of Agarap 2018).  ``self.penultimate`` holds the readout's last input."""
 
     def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256), dropout=0.0, output="linear",
-                 activation="relu", init="torch", bias=True):
+                 activation="relu", init="torch", bias=True, init_divisors=None):
         super().__init__()
         act = ACTIVATIONS[activation]
         d, layers = int(torch.tensor(in_shape).prod()), [nn.Flatten()]
@@ -86,7 +98,7 @@ class MLP(nn.Module):
         self.readout = nn.Linear(d, n_classes, bias=bias)
         self.output = _output_activation(output)
         self.penultimate: torch.Tensor | None = None
-        _init(self, init)
+        _init(self, init, init_divisors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.penultimate = self.body(x)

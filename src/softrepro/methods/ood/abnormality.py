@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softrepro.models import ACTIVATIONS
+from softrepro.models import ACTIVATIONS, _init
 from softrepro.ood import Score
 from softrepro.registry import LOSSES, MODELS, SCORES
 
@@ -27,7 +27,7 @@ class MLPDecoder(nn.Module):
     back to the input; ``reconstruction``, ``inputs`` (flattened) and ``branch_out`` are kept."""
 
     def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256, 256), branch=2, decoder=(128, 256, 256),
-                 activation="gelu_tanh"):
+                 activation="gelu_tanh", init="torch"):
         super().__init__()
         d_in = int(np.prod(in_shape))
         self.act = ACTIVATIONS[activation]()
@@ -37,6 +37,7 @@ class MLPDecoder(nn.Module):
         widths = (hidden[branch - 1], *decoder)
         self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.decoder_out = nn.Linear(widths[-1], d_in)
+        _init(self, init)
 
     def forward(self, x):
         h = self.inputs = x.flatten(1)
