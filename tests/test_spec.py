@@ -246,3 +246,22 @@ def test_ood_datasets_are_run_inputs():
                                                                           "f": {"dataset": "fashion-mnist"}}}}
     assert experiment_datasets(exp) == ("fashion-mnist", "mnist")
     assert experiment_datasets({"kind": "benchmark"}) == ()
+
+
+def test_a_claim_with_one_arm_not_run_is_not_run_not_an_error():
+    """The energy paper's fine-tuning arm is skipped; its other arm runs: the claim reads 'not run: <why>'."""
+    import pandas as pd
+
+    from softrepro.aggregate import judge_claims
+    from softrepro.plan import build
+
+    plan = build("cpu", "liu2020-energy-ood", REPO)
+    skip = plan.config("liu2020-energy-ood", "energy-finetune")["skip"]
+    runs = pd.DataFrame([{"paper": "liu2020-energy-ood", "experiment": e, "seed": s, "status": st, "reason": r,
+                          "metric.ood_avg_energy_fpr95": 0.3 if st == "ok" else None,
+                          "metric.ood_avg_msp_fpr95": 0.4 if st == "ok" else None,
+                          "metric.ood_avg_energy_auroc": 0.9, "metric.ood_avg_msp_auroc": 0.8}
+                         for s in (0, 1, 2) for e, st, r in (("fmnist-scores", "ok", None), ("energy-finetune", "not_run", skip))])
+    claims, _ = judge_claims(plan.papers, runs, plan.scale, config=plan.config)
+    row = claims.set_index("claim").loc["energy-training-beats-sota"]
+    assert row["verdict"] == f"not run: {skip}" and not row["can_fail"]

@@ -116,8 +116,12 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None,
                 reason = f"{', '.join(cut)} not in the {scale.name} grid"
             elif len(sel) == 0:
                 reason = "no runs at this scale"
-            elif len(not_run) == len(sel):
-                reason = str(not_run["reason"].iloc[0])
+            else:  # an arm with no run at all (e.g. a skipped experiment against one that ran): the claim is not run
+                for e in exps:
+                    arm = sel[sel["experiment"] == e]
+                    if not (arm["status"] == "ok").any():
+                        reason = str(arm["reason"].iloc[0]) if len(arm) else f"no runs of {e} at this scale"
+                        break
             if reason:
                 row.update(verdict=f"not run: {reason}", n=0, can_fail=False,
                            refutation=f"cannot fail at this scale: not run ({reason})")
