@@ -265,3 +265,22 @@ def test_a_claim_with_one_arm_not_run_is_not_run_not_an_error():
     claims, _ = judge_claims(plan.papers, runs, plan.scale, config=plan.config)
     row = claims.set_index("claim").loc["energy-training-beats-sota"]
     assert row["verdict"] == f"not run: {skip}" and not row["can_fail"]
+
+
+def test_a_comparison_of_two_metrics_of_one_experiment_pairs_them_by_seed():
+    """ODIN vs MSP on the same run: the arms are two metrics of one experiment, not the same column twice."""
+    import pandas as pd
+
+    from softrepro.aggregate import judge_claims
+    from softrepro.plan import build
+
+    plan = build("cpu", "liang2018-odin", REPO)
+    runs = pd.DataFrame([{"paper": "liang2018-odin", "experiment": "fmnist-scores", "seed": s, "status": "ok", "reason": None,
+                          "metric.ood_avg_odin_auroc": 0.95 + 0.001 * s, "metric.ood_avg_msp_auroc": 0.80 - 0.002 * s,
+                          "metric.ood_avg_odin_fpr95": 0.2, "metric.ood_avg_msp_fpr95": 0.5,
+                          "metric.ood_mnist_odin_fpr95": 0.3 + 0.01 * s, "metric.ood_mnist_msp_fpr95": 0.6}
+                         for s in (0, 1, 2)])
+    claims, _ = judge_claims(plan.papers, runs, plan.scale, config=plan.config)
+    row = claims.set_index("claim").loc["odin-auroc-above-msp"]
+    assert row["reproduced_mean"] == pytest.approx(100 * (0.95 + 0.001 - 0.80 + 0.002))
+    assert row["verdict"] == "consistent"

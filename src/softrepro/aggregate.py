@@ -75,18 +75,18 @@ def _up_to(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, steps_csv, le
 
 def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame, level: str, min_seeds: int, deterministic: bool):
     """Judge a claim on a metric of metrics.json, per seed (paired by seed for two experiments)."""
-    per_exp = {}
+    arms = []  # one series per arm (both arms may be the same experiment, read through two metrics)
     for e, m in zip(exps, claim_metrics(claim)):
         col = f"metric.{m}"
         rows = sel[sel["experiment"] == e]
         if col not in rows or rows[col].isna().any():
             raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {e} report no metric {m!r}")
-        per_exp[e] = rows.set_index("seed")[col].sort_index()
+        arms.append(rows.set_index("seed")[col].sort_index())
     kw = dict(level=level, min_seeds=min_seeds, deterministic=deterministic)
-    if len(exps) == 1:
-        return judge(claim, per_exp[exps[0]].values, **kw), list(per_exp[exps[0]].index)
-    seeds = per_exp[exps[0]].index.intersection(per_exp[exps[1]].index)
-    return judge(claim, per_exp[exps[0]][seeds].values, per_exp[exps[1]][seeds].values, **kw), list(seeds)
+    if len(arms) == 1:
+        return judge(claim, arms[0].values, **kw), list(arms[0].index)
+    seeds = arms[0].index.intersection(arms[1].index)
+    return judge(claim, arms[0][seeds].values, arms[1][seeds].values, **kw), list(seeds)
 
 
 def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None, config=None) -> tuple[pd.DataFrame, pd.DataFrame]:
