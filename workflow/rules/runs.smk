@@ -41,6 +41,9 @@ rule run:
     wildcard_constraints:
         seeds=r"\d+(_\d+)*",
     threads: lambda w: workflow.cores if _owner(w).kind == "benchmark" else PLAN.scale.train_threads
+    # a benchmark takes every core: run it first, so that it does not wait at the end while the
+    # last training jobs leave cores idle
+    priority: lambda w: 10 if _owner(w).kind == "benchmark" else 0
     resources:
         gpu=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
         gpu_slots=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
