@@ -34,15 +34,10 @@ def _cmd_data(args) -> int:
 def _cmd_run(args) -> int:
     from softrepro.runner import run_batch, run_job
 
-    from softrepro.spec import load_paper
-
     root = repo_root()
     spec = root / "configs" / "papers" / f"{args.paper}.yaml"
     if not spec.is_file():
         raise SpecError(spec, "(file)", f"no paper spec {args.paper!r} under configs/papers/")
-    experiments = load_paper(spec, root).experiments
-    if args.experiment not in experiments:
-        raise SpecError(spec, "experiments", f"no experiment {args.experiment!r} (has: {', '.join(experiments)})")
     kw = dict(results=args.results, threads=args.threads, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     if args.seeds is not None:
         run_batch(spec, args.experiment, [int(s) for s in args.seeds.split(",")], args.scale, Path(args.out), root, **kw)

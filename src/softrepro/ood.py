@@ -288,27 +288,25 @@ def evaluate(model, cfg: dict, x_train, y_train, x_test, y_test, n_classes: int,
     ctx = Context(model, x_train, y_train, n_classes, seed=seed, tune={n: sets[n] for n in tune_names},
                   x_tune_in=x_test[:holdout] if holdout else None)
     x_in, y_in = x_test[holdout:], y_test[holdout:]
+    scored = [n for n in sets if n not in tune_names]
     metrics, extras = {}, {"chosen": {}, "curves": {}}
     try:
+        if cfg.get("misclassification"):  # the predictions do not depend on the score: once
+            correct = ctx.outputs(x_in)[0].argmax(1).numpy() == y_in.cpu().numpy()
+            metrics["test_error"] = float(1 - correct.mean())  # on the scored inputs (all but the holdout)
         scores = make_scores(cfg)
         for label, sc in scores.items():
             sc.fit(ctx)
             extras["chosen"][label] = sc.chosen()
             s_in = sc.score(ctx, x_in).numpy()
             if cfg.get("misclassification"):
-                pred = ctx.outputs(x_in)[0].argmax(1).numpy()
-                correct = pred == y_in.cpu().numpy()
-                metrics["test_error"] = float(1 - correct.mean())  # on the scored inputs (all but the holdout)
                 metrics |= {f"err_{label}_{k}": v for k, v in misclassification_metrics(s_in, correct).items()}
                 metrics[f"err_{label}_mean_correct"] = float(s_in[correct].mean())
             metrics[f"ood_in_{label}_mean"] = float(s_in.mean())
-            for name, x_out in sets.items():
-                if name in tune_names:
-                    continue
-                s_out = sc.score(ctx, x_out).numpy()
+            for name in scored:
+                s_out = sc.score(ctx, sets[name]).numpy()
                 metrics |= {f"ood_{name}_{label}_{k}": v for k, v in detection_metrics(s_in, s_out).items()}
                 extras["curves"][f"{name}/{label}"] = curves(s_in, s_out)
-            scored = [n for n in sets if n not in tune_names]
             if len(scored) > 1:  # the mean over the OOD sets, as the papers' "average" columns
                 for k in ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"):
                     metrics[f"ood_avg_{label}_{k}"] = float(np.mean([metrics[f"ood_{n}_{label}_{k}"] for n in scored]))

@@ -16,7 +16,7 @@ from softrepro import __version__
 from softrepro.atomic import write_atomic, write_csv, write_json
 from softrepro.layout import Layout
 from softrepro.registry import BENCHMARKS
-from softrepro.spec import experiment_datasets, load_paper, load_scale, resolve_experiment, run_key
+from softrepro.spec import SpecError, experiment_datasets, load_paper, load_scale, resolve_experiment, run_key
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -61,10 +61,17 @@ def provenance(root: Path, threads: int) -> dict:
     }
 
 
+def _experiment(paper, name: str) -> dict:
+    """The spec's experiment ``name``; an unknown name is a spec error naming the file and what it has."""
+    if name not in paper.experiments:
+        raise SpecError(paper.path, "experiments", f"no experiment {name!r} (has: {', '.join(paper.experiments)})")
+    return paper.experiments[name]
+
+
 def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: Path, root: Path,
             results: str = "results", threads: int = 1, progress: bool = True, log=print, paper=None) -> dict:
     paper = paper or load_paper(paper_path, root)
-    exp = resolve_experiment(paper.experiments[experiment], scale)
+    exp = resolve_experiment(_experiment(paper, experiment), scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "paper": paper.id, "experiment": experiment, "seed": seed, "scale": scale,
@@ -128,7 +135,7 @@ def run_batch(paper_path: Path, experiment: str, seeds: list[int], scale: str, o
     batch picks up at the seed it was on (and that seed at its last checkpoint).  Writes the
     batch's record (``Layout.batch``) last."""
     paper = load_paper(paper_path, root)
-    key = run_key(resolve_experiment(paper.experiments[experiment], scale))
+    key = run_key(resolve_experiment(_experiment(paper, experiment), scale))
     done = {}
     for seed in seeds:
         out = out_root / f"seed{seed}"

@@ -222,14 +222,13 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
                 if generator:
                     _check_keys(GENERATORS, generator, {**datasets[exp["dataset"]].get("defaults", {}), **r.get("data", {})},
                                 path, f"{where}.data", scale)
+                if r.get("ood"):
+                    _check_ood(r, datasets, path, f"{where}.ood", scale)
             if exp.get("task", "classification") not in ["classification", *TASKS.names()]:
                 raise SpecError(path, f"{where}.task", f"unknown task {exp['task']!r} (known: classification, {', '.join(TASKS.names())})")
             for i, probe in enumerate(exp.get("probes", [])):
                 if probe not in PROBES:
                     raise SpecError(path, f"{where}.probes[{i}]", f"unknown probe {probe!r} (known: {', '.join(PROBES.names())})")
-            for scale in SCALES:
-                if resolve_experiment(exp, scale).get("ood"):
-                    _check_ood(resolve_experiment(exp, scale), datasets, path, f"{where}.ood", scale)
         elif exp["benchmark"]["name"] not in BENCHMARKS:
             raise SpecError(path, f"{where}.benchmark.name", f"unknown benchmark {exp['benchmark']['name']!r} (known: {', '.join(BENCHMARKS.names())})")
         else:
