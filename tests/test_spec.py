@@ -284,3 +284,24 @@ def test_a_comparison_of_two_metrics_of_one_experiment_pairs_them_by_seed():
     row = claims.set_index("claim").loc["odin-auroc-above-msp"]
     assert row["reproduced_mean"] == pytest.approx(100 * (0.95 + 0.001 - 0.80 + 0.002))
     assert row["verdict"] == "consistent"
+
+
+def test_pools_group_runs_of_equal_cost_and_a_changed_run_renames_its_pool():
+    from softrepro.plan import build, make_pools, pool_signature
+
+    plan = build("cpu", "all", REPO)
+    members = [k for p in plan.pools for k in p.keys]
+    assert sorted(members) == sorted(plan.keys())  # every run in exactly one pool
+    for pool in plan.pools:
+        cfgs = [plan.config(plan.owner(k).paper, plan.owner(k).experiment) for k in pool.keys]
+        assert 1 <= len(pool.keys) <= plan.scale.configs_per_job
+        assert len({pool_signature(c) for c in cfgs}) == 1 and {c["kind"] for c in cfgs} == {pool.kind}
+        assert pool.kind == "train" or len(pool.keys) == 1  # a benchmark takes every core: alone
+    assert any(len(p.keys) == plan.scale.configs_per_job for p in plan.pools)
+    same = {"kind": "train", "dataset": "d", "model": {"name": "mlp"}, "steps": 10}
+    cfgs = {"a": same, "b": same, "c": {**same, "steps": 20}}
+    pools = make_pools(["a", "b", "c"], cfgs, 4)
+    assert [p.keys for p in pools] == [("a", "b"), ("c",)] and pools[1].id == "c"
+    renamed = make_pools(["a", "b2", "c"], {**cfgs, "b2": same}, 4)
+    assert renamed[0].id != pools[0].id
+    assert [p.keys for p in make_pools(["a", "b", "c"], cfgs, 1)] == [("a",), ("b",), ("c",)]

@@ -188,3 +188,29 @@ def test_optimizer_decay_applies_weight_decay_to_matching_parameters_only():
         _make_optimizer({"name": "adam", "lr": 1e-3, "decay": "nothing.*"}, model)
     x = torch.linspace(-3, 3, 7)
     assert torch.allclose(model.body[2](x), 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3))))
+
+
+def test_a_pool_runs_its_configurations_in_one_process_like_separate_jobs_and_resumes(tiny):
+    """A pool (what one DAG job computes) gives each run the numbers it gets alone, writes each
+    into its own cache folder, and a second call finds every run done."""
+    from softrepro.layout import Layout
+    from softrepro.runner import run_pool
+    from softrepro.spec import load_paper, resolve_experiment, run_key
+
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["wide"] = {**spec["experiments"]["tiny"], "model": {**spec["experiments"]["tiny"]["model"], "hidden": 48}}
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    path = tiny / "configs/papers/tinytest.yaml"
+    paper = load_paper(path, tiny)
+    keys = {e: run_key(resolve_experiment(paper.experiments[e], "smoke")) for e in ("tiny", "wide")}
+    members = [(path, "tiny"), (path, "wide")]
+    record = run_pool(members, [0, 1], "smoke", "ptest", tiny, progress=False, log=lambda m: None)
+    lay = Layout("results", "smoke")
+    assert [r["run_key"] for r in record["runs"]] == [keys["tiny"], keys["wide"]]
+    assert json.loads((tiny / lay.pool("ptest", [0, 1])).read_text()) == json.loads(json.dumps(record))
+    alone = run_job(path, "wide", 1, "smoke", tiny / "alone", tiny, progress=False, log=lambda m: None)
+    pooled = json.loads((tiny / lay.cache_run(keys["wide"], 1) / "metrics.json").read_text())
+    assert pooled["metrics"]["test_loss"] == alone["metrics"]["test_loss"]
+    assert pooled["metrics"]["test_accuracy"] == alone["metrics"]["test_accuracy"]
+    again = run_pool(members, [0, 1], "smoke", "ptest", tiny, progress=False, log=lambda m: None)
+    assert all(s["resumed"] for r in again["runs"] for s in r["seeds"].values())

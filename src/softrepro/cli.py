@@ -31,14 +31,30 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _spec_path(root: Path, paper: str) -> Path:
+    spec = root / "configs" / "papers" / f"{paper}.yaml"
+    if not spec.is_file():
+        raise SpecError(spec, "(file)", f"no paper spec {paper!r} under configs/papers/")
+    return spec
+
+
 def _cmd_run(args) -> int:
-    from softrepro.runner import run_batch, run_job
+    from softrepro.runner import run_batch, run_job, run_pool
 
     root = repo_root()
-    spec = root / "configs" / "papers" / f"{args.paper}.yaml"
-    if not spec.is_file():
-        raise SpecError(spec, "(file)", f"no paper spec {args.paper!r} under configs/papers/")
     kw = dict(results=args.results, threads=args.threads, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    if args.run:
+        if args.paper or args.experiment or args.out or args.seeds is None or not args.pool:
+            raise SystemExit("softrepro run --run PAPER/EXPERIMENT ... takes --seeds and --pool, not --paper/--experiment/--out/--seed")
+        members = []
+        for m in args.run:
+            paper, _, experiment = m.partition("/")
+            members.append((_spec_path(root, paper), experiment))
+        run_pool(members, [int(s) for s in args.seeds.split(",")], args.scale, args.pool, root, **kw)
+        return 0
+    if not (args.paper and args.experiment and args.out):
+        raise SystemExit("softrepro run needs --paper, --experiment and --out (or --run PAPER/EXPERIMENT ... --pool)")
+    spec = _spec_path(root, args.paper)
     if args.seeds is not None:
         run_batch(spec, args.experiment, [int(s) for s in args.seeds.split(",")], args.scale, Path(args.out), root, **kw)
     else:
@@ -98,8 +114,9 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_timings(args) -> int:
-    """Per-run-batch wall times (Snakemake's benchmark files) beside the seeds' own run times
-    (runs_<seeds>.json), as a Markdown table: the difference is the fixed cost of a job."""
+    """Per-job wall times (Snakemake's benchmark files) beside the job's runs' own times (its
+    pool record, cache/pools/<pool>/runs_<seeds>.json), as a Markdown table: the difference is
+    the fixed cost of a job."""
     import pandas as pd
 
     from softrepro.layout import Layout
@@ -108,25 +125,25 @@ def _cmd_timings(args) -> int:
     root = repo_root()
     sharing = build(args.scale, "all", root, args.results).sharing()
     lay = Layout(args.results, args.scale)
-    base = root / Path(lay.benchmark("cache/x")).parent
+    base = root / Path(lay.benchmark("cache/pools/x/y")).parent.parent
     rows = []
     for tsv in sorted(base.glob("*/*.tsv")):
-        key = tsv.parent.name
-        users = sharing.get(key, ["(no longer in the specs)"])
-        batch = root / lay.batch(key, tsv.stem)
-        seeds = json.loads(batch.read_text())["seeds"] if batch.is_file() else {}
+        record = root / lay.pool(tsv.parent.name, tsv.stem)
+        runs = json.loads(record.read_text())["runs"] if record.is_file() else []
+        names = [sharing.get(r["run_key"], ["(no longer in the specs)"])[0] for r in runs]
         t = pd.read_csv(tsv, sep="\t")
-        rows.append({"run": users[0] + (f" (+{len(users) - 1} shared)" if len(users) > 1 else ""), "seeds": len(seeds),
-                     "batch": tsv.stem,
-                     "job_s": float(t["s"].iloc[0]), "runs_s": sum(float(v["wall_seconds"] or 0) for v in seeds.values()),
+        rows.append({"job": names[0] + (f" (+{len(names) - 1} more runs)" if len(names) > 1 else "") if names else tsv.parent.name,
+                     "runs": sum(len(r["seeds"]) for r in runs), "seeds": tsv.stem,
+                     "job_s": float(t["s"].iloc[0]),
+                     "runs_s": sum(float(v["wall_seconds"] or 0) for r in runs for v in r["seeds"].values()),
                      "max_rss_MB": float(t["max_rss"].iloc[0])})
     if not rows:
         print(f"no benchmark files under {base}", file=sys.stderr)
         return 1
-    df = pd.DataFrame(rows).sort_values("run")
-    df["fixed_s_per_run"] = (df["job_s"] - df["runs_s"]) / df["seeds"].clip(lower=1)
+    df = pd.DataFrame(rows).sort_values("job")
+    df["fixed_s_per_run"] = (df["job_s"] - df["runs_s"]) / df["runs"].clip(lower=1)
     print(df.round(1).to_markdown(index=False))
-    n = int(df["seeds"].sum())
+    n = int(df["runs"].sum())
     print(f"\nsum of job times: {df['job_s'].sum():.0f} s for {len(df)} jobs and {n} runs; "
           f"fixed cost (job time outside the runs' own training and evaluation) {df['job_s'].sum() - df['runs_s'].sum():.0f} s, "
           f"{(df['job_s'].sum() - df['runs_s'].sum()) / max(n, 1):.2f} s per run")
@@ -183,14 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--marker", required=True, help="where to write the dataset's status JSON")
     s.set_defaults(fn=_cmd_data)
 
-    s = sub.add_parser("run", help="run one (paper, experiment) for one seed, or for several seeds in one process")
-    s.add_argument("--paper", required=True)
-    s.add_argument("--experiment", required=True)
+    s = sub.add_parser("run", help="run one (paper, experiment) for one seed or several seeds, or a pool of runs (what a "
+                                   "DAG job computes) in one process")
+    s.add_argument("--paper")
+    s.add_argument("--experiment")
+    s.add_argument("--run", action="append", metavar="PAPER/EXPERIMENT",
+                   help="a run of the pool (repeat it); each into <results>/<scale>/cache/<key>/seed<k>")
+    s.add_argument("--pool", help="the pool's name (plan.Pool.id): its record is <results>/<scale>/cache/pools/<pool>/runs_<seeds>.json")
     seeds = s.add_mutually_exclusive_group(required=True)
     seeds.add_argument("--seed", type=int, help="one run into --out")
     seeds.add_argument("--seeds", help="comma-separated seeds, each into --out/seed<k>, then --out/runs_<seeds>.json")
     s.add_argument("--scale", required=True)
-    s.add_argument("--out", required=True, help="run directory (--seed) or the batch's directory (--seeds)")
+    s.add_argument("--out", help="run directory (--seed) or the batch's directory (--seeds)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--results", default="results")
     s.add_argument("--no-progress", action="store_true")

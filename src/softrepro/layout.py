@@ -5,7 +5,8 @@ the Snakemake rules can pass wildcards (``layout.batch("{key}")``) and Python co
 
     <results>/datasets/<name>.json                      a dataset's marker (any scale)
     <results>/<scale>/cache/<key>/seed<k>/               one run: metrics.json, steps.csv, checkpoint.pt
-    <results>/<scale>/cache/<key>/runs_<s1>_<s2>.json    the record of one job's batch of seeds of run <key>
+    <results>/<scale>/cache/<key>/runs_<s1>_<s2>.json    the record of one batch of seeds of run <key>
+    <results>/<scale>/cache/pools/<pool>/runs_<s1>_<s2>.json  the record of one job: its runs (a pool), those seeds
     <results>/<scale>/cache/prepared/<hash>.npz          preprocessed inputs shared by runs (a PCA, once)
     <results>/<scale>/runs/<paper>/<experiment>/seed<k>/ a paper's view of a run (its own deviations)
     <results>/<scale>/runs/<paper>/linked.json           the record that all of a paper's jobs are linked
@@ -46,6 +47,11 @@ class Layout:
         """The record of the job that computes ``seeds`` (a tuple, or a wildcard string) of run ``key``."""
         tag = seeds if isinstance(seeds, str) else "_".join(map(str, seeds))
         return f"{self.cache(key)}/runs_{tag}.json"
+
+    def pool(self, pool: str, seeds) -> str:
+        """The record of the job that computes ``seeds`` of every run in ``pool`` (``plan.Pool``)."""
+        tag = seeds if isinstance(seeds, str) else "_".join(map(str, seeds))
+        return f"{self.base}/cache/pools/{pool}/runs_{tag}.json"
 
     def run(self, paper: str, experiment: str, seed) -> str:
         return f"{self.base}/runs/{paper}/{experiment}/seed{seed}"

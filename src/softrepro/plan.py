@@ -3,12 +3,20 @@
 A *job* is one (paper, experiment, seed) as the report sees it.  A *run* is what is
 actually computed: jobs whose resolved experiments are identical (same ``run_key``)
 share one run per seed, so the cross-entropy baseline that several papers compare
-against trains once.  All seeds of a run are computed by one process (one Snakemake job),
-each into ``cache/<key>/seed<k>``; each job's ``runs/<paper>/<experiment>/seed<k>`` is that
-run's record with the paper's own description and deviations (paths: ``layout.Layout``).
+against trains once.  Each run's seeds go into ``cache/<key>/seed<k>``; each job's
+``runs/<paper>/<experiment>/seed<k>`` is that run's record with the paper's own
+description and deviations (paths: ``layout.Layout``).
+
+A *pool* is what one process (one Snakemake job) computes: up to the scale's
+``configs_per_job`` runs of equal cost (``pool_signature``: same data, model, batch size,
+steps and evaluation), each for all of the scale's seeds (or a chunk of ``seeds_per_job``).
+Starting Python and importing torch costs about 3 s a process; a pool pays it once for
+all its runs.  A benchmark is a pool of its own (it takes every core).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +36,39 @@ class Job:
     inputs: tuple[str, ...] = ()  # every dataset the run reads: its own, then e.g. its OOD sets'
 
 
+@dataclass(frozen=True)
+class Pool:
+    id: str  # a digest of its runs' keys: a changed run makes a new pool, whose unchanged runs resume as done
+    keys: tuple[str, ...]
+    kind: str  # train | benchmark
+
+
+def pool_signature(resolved: dict) -> str:
+    """Runs with the same signature cost about the same: what sets the cost of a training step
+    (``estimate.signature``), the number of steps, the evaluation (OOD scores, probes) and the inputs."""
+    from softrepro.estimate import signature
+
+    extra = {k: resolved.get(k) for k in ("kind", "steps", "ood", "probe", "eval_every")}
+    return signature(resolved) + json.dumps(extra, sort_keys=True, default=str) + ",".join(experiment_datasets(resolved))
+
+
+def make_pools(keys: list[str], configs: dict[str, dict], per_job: int) -> list[Pool]:
+    """Group run keys (in plan order) by ``pool_signature`` into pools of at most ``per_job``."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        cfg = configs[key]
+        sig = key if cfg["kind"] != "train" else pool_signature(cfg)
+        groups.setdefault(sig, []).append(key)
+    pools = []
+    for members in groups.values():
+        for i in range(0, len(members), max(per_job, 1)):
+            chunk = tuple(members[i : i + per_job])
+            pid = chunk[0] if len(chunk) == 1 else "p" + hashlib.sha1(",".join(chunk).encode()).hexdigest()[:11]
+            pools.append(Pool(pid, chunk, configs[chunk[0]]["kind"]))
+    order = {k: i for i, k in enumerate(keys)}
+    return sorted(pools, key=lambda p: order[p.keys[0]])
+
+
 @dataclass
 class Plan:
     scale: Scale
@@ -36,6 +77,7 @@ class Plan:
     results: str = "results"
     seeds_per_job: int = 0  # 0: all seeds of a run in one job
     configs: dict = None  # (paper, experiment) -> the experiment resolved at this scale, computed once
+    pools: list = None  # list[Pool]: what each training process computes
 
     def config(self, paper: str, experiment: str) -> dict:
         """The experiment as run at this scale (resolved once, when the plan was built)."""
@@ -82,6 +124,18 @@ class Plan:
         """The distinct runs to compute (each for every seed of the scale)."""
         return list(dict.fromkeys(j.key for j in self.jobs if j.key))
 
+    def pool(self, pid: str) -> Pool:
+        for p in self.pools:
+            if p.id == pid:
+                return p
+        raise KeyError(f"no pool {pid} at scale {self.scale.name}")
+
+    def pool_of(self, key: str) -> Pool:
+        for p in self.pools:
+            if key in p.keys:
+                return p
+        raise KeyError(f"no run {key} at scale {self.scale.name}")
+
     def batch(self, seed: int) -> tuple[int, ...]:
         """The seeds computed by the same job as ``seed`` (all of the scale's, or chunks of ``seeds_per_job``)."""
         seeds = list(self.scale.seeds)
@@ -105,4 +159,8 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
             inputs = experiment_datasets(resolved)
             for seed in sc.seeds:
                 jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs))
-    return Plan(sc, specs, jobs, results, seeds_per_job, configs)
+    plan = Plan(sc, specs, jobs, results, seeds_per_job, configs)
+    keys = plan.keys()
+    plan.pools = make_pools(keys, {k: plan.config(plan.owner(k).paper, plan.owner(k).experiment) for k in keys},
+                            sc.configs_per_job)
+    return plan

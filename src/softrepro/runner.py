@@ -128,13 +128,13 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
 
 
 def run_batch(paper_path: Path, experiment: str, seeds: list[int], scale: str, out_root: Path, root: Path,
-              results: str = "results", threads: int = 1, progress: bool = True, log=print) -> dict:
+              results: str = "results", threads: int = 1, progress: bool = True, log=print, paper=None) -> dict:
     """Every seed of one run in one process (the imports, spec checks and dataset load are paid
     once), each into its own ``out_root/seed<k>`` with its own metrics, step log and checkpoint.
     A seed whose ``metrics.json`` already records this run resumes as done, so an interrupted
     batch picks up at the seed it was on (and that seed at its last checkpoint).  Writes the
     batch's record (``Layout.batch``) last."""
-    paper = load_paper(paper_path, root)
+    paper = paper or load_paper(paper_path, root)
     key = run_key(resolve_experiment(_experiment(paper, experiment), scale))
     done = {}
     for seed in seeds:
@@ -155,6 +155,26 @@ def run_batch(paper_path: Path, experiment: str, seeds: list[int], scale: str, o
     batch = {"run_key": key, "paper": paper.id, "experiment": experiment, "scale": scale, "seeds": done}
     write_json(batch, out_root / Path(Layout(results, scale).batch(key, seeds)).name)
     return batch
+
+
+def run_pool(members: list[tuple[Path, str]], seeds: list[int], scale: str, pool: str, root: Path,
+             results: str = "results", threads: int = 1, progress: bool = True, log=print) -> dict:
+    """One DAG job: each (spec, experiment) run of a pool (``plan.Pool``) for ``seeds``, one after
+    the other in this process (``run_batch``: a run or seed already done resumes as done), each
+    into ``cache/<key>``; then the pool's record (``Layout.pool``) last."""
+    lay = Layout(results, scale)
+    runs, papers = [], {}
+    for i, (path, experiment) in enumerate(members, 1):
+        paper = papers.get(path) or papers.setdefault(path, load_paper(path, root))
+        key = run_key(resolve_experiment(_experiment(paper, experiment), scale))
+        log(f"[{i}/{len(members)}] {paper.id}/{experiment} (run {key})")
+        runs.append(run_batch(path, experiment, seeds, scale, root / lay.cache(key), root, results=results,
+                              threads=threads, progress=progress, log=log, paper=paper))
+    record = {"pool": pool, "scale": scale, "seeds": list(seeds), "runs": runs}
+    out = root / lay.pool(pool, seeds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(record, out)
+    return record
 
 
 def link_paper(plan, paper_id: str, root: Path) -> dict:

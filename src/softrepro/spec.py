@@ -100,6 +100,7 @@ class Scale:
     train_threads: int
     min_seeds: int = 3
     gpu: bool = False
+    configs_per_job: int = 1
 
 
 # How close a run is to the paper, from the closest to the farthest.  Each deviation of an

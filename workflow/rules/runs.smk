@@ -1,59 +1,63 @@
-# Runs and jobs.  A run (rule `run`) is one resolved configuration, computed once however many
-# papers need it: its seeds in one process (all of the scale's, or chunks of `seeds_per_job`;
-# imports, spec checks and the dataset load are paid once a job), each seed into
-# cache/<key>/seed<k>, then the job's record cache/<key>/runs_<seeds>.json.  An interrupted
-# job resumes at the seed it was on.  A job is one (paper, experiment, seed): rule `link` writes
-# all of a paper's jobs, each its run's record with the paper's own deviations, under
+# Runs, pools and jobs.  A run is one resolved configuration, computed once however many papers
+# need it, each seed into cache/<key>/seed<k>.  A Snakemake job (rule `run`) computes one pool:
+# up to the scale's `configs_per_job` runs of equal cost (plan.Pool), all of the scale's seeds
+# (or chunks of `seeds_per_job`), in one process (imports and spec checks are paid once a job),
+# then writes its record cache/pools/<pool>/runs_<seeds>.json.  An interrupted job resumes at the
+# run and seed it was on.  A job of the report is one (paper, experiment, seed): rule `link`
+# writes all of a paper's, each its run's record with the paper's own deviations, under
 # runs/<paper>/<experiment>/seed<k>, then runs/<paper>/linked.json.  params.config is the rerun
-# trigger: editing a claim's text reruns nothing; editing what an experiment computes reruns it.
+# trigger: editing a claim's text reruns nothing; editing what an experiment computes reruns it
+# (a changed run also changes its pool's name; the pool's unchanged runs resume as done).
 
 
 localrules: link
 
 
-def _owner(w):
-    return PLAN.owner(w.key)
+def _pool(w):
+    return PLAN.pool(w.pool)
 
 
 def _run_inputs(w):
-    j = _owner(w)
-    return [LAYOUT.dataset_marker(d) for d in j.inputs]
+    return sorted({LAYOUT.dataset_marker(d) for k in _pool(w).keys for d in PLAN.owner(k).inputs})
 
 
 def _computing(w):
-    return json.dumps(PLAN.computing(w.key), sort_keys=True)
+    return json.dumps([PLAN.computing(k) for k in _pool(w).keys], sort_keys=True)
+
+
+def _members(w):
+    return " ".join(f"--run {PLAN.owner(k).paper}/{PLAN.owner(k).experiment}" for k in _pool(w).keys)
 
 
 rule run:
     input:
         _run_inputs,
     output:
-        LAYOUT.batch("{key}", "{seeds}"),
+        LAYOUT.pool("{pool}", "{seeds}"),
     params:
         config=_computing,
-        owner=lambda w: f"--paper {_owner(w).paper} --experiment {_owner(w).experiment}",
+        members=_members,
         seeds=lambda w: w.seeds.replace("_", ","),
-        out=lambda w: LAYOUT.cache(w.key),
     log:
-        LAYOUT.log("cache/{key}/{seeds}"),
+        LAYOUT.log("cache/pools/{pool}/{seeds}"),
     benchmark:
-        LAYOUT.benchmark("cache/{key}/{seeds}")
+        LAYOUT.benchmark("cache/pools/{pool}/{seeds}")
     wildcard_constraints:
         seeds=r"\d+(_\d+)*",
-    threads: lambda w: workflow.cores if _owner(w).kind == "benchmark" else PLAN.scale.train_threads
+    threads: lambda w: workflow.cores if _pool(w).kind == "benchmark" else PLAN.scale.train_threads
     # a benchmark takes every core: run it first, so that it does not wait at the end while the
     # last training jobs leave cores idle
-    priority: lambda w: 10 if _owner(w).kind == "benchmark" else 0
+    priority: lambda w: 10 if _pool(w).kind == "benchmark" else 0
     resources:
-        gpu=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
-        gpu_slots=lambda w: 1 if PLAN.scale.gpu and _owner(w).kind == "train" else 0,
+        gpu=lambda w: 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0,
+        gpu_slots=lambda w: 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0,
     shell:
-        "{SR} run {params.owner} --seeds {params.seeds} --scale {SCALE} --out {params.out}"
-        " --threads {threads} --results {RESULTS} 2> {log}"
+        "{SR} run {params.members} --seeds {params.seeds} --scale {SCALE}"
+        " --threads {threads} --results {RESULTS} --pool {wildcards.pool} 2> {log}"
 
 
 def _link_inputs(w):
-    return sorted({LAYOUT.batch(j.key, PLAN.batch(j.seed)) for j in PLAN.jobs if j.paper == w.paper and j.key})
+    return sorted({LAYOUT.pool(PLAN.pool_of(j.key).id, PLAN.batch(j.seed)) for j in PLAN.jobs if j.paper == w.paper and j.key})
 
 
 def _paper_config(w):
