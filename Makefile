@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m softrepro.methods.kernels.two_pass  # the C softmax kernels (rebuilt on use when their source changes)
 	@touch $@
 
 install: $(STAMP)

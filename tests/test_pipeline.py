@@ -155,7 +155,8 @@ def test_same_metrics_bit_for_bit_as_before_the_refactor(smoke_run):
     """Every smoke run whose computation is unchanged since commit 4cc50dd (same run key) has the
     same metrics to the last bit, at the same thread count, on the same kind of CPU.  The one
     metric that moved is the sign-argmax accuracy, now reported by the SVM loss alone; ECE is now
-    summed in float64 from the reliability bins (torchmetrics summed in float32), so it agrees to 1e-6."""
+    summed in float64 from the reliability bins (torchmetrics summed in float32), so it agrees to 1e-6;
+    ``test_errors`` (the count of misclassified test examples) is new and checked against the accuracy."""
     ref = pd.read_csv(REFERENCE, comment="#")  # pandas reads floats back exactly (round trip)
     cpu = json.loads(next((smoke_run / "results/smoke/cache").glob("*/seed0/metrics.json")).read_text())["provenance"]["cpu"]
     if cpu != ref["cpu"].iloc[0]:
@@ -171,6 +172,8 @@ def test_same_metrics_bit_for_bit_as_before_the_refactor(smoke_run):
         if "l2svm" not in rec["run_key"]:
             want.pop("test_accuracy_sign_argmax", None)
         got = {k: v for k, v in rec["metrics"].items() if k not in TIMING}
+        if "test_accuracy" in got:  # added since: the count of misclassified test examples
+            assert got.pop("test_errors") == round(rec["metrics"]["n_test"] * (1 - got["test_accuracy"]))
         want = {k: v for k, v in want.items() if k not in TIMING}
         assert got.keys() == want.keys(), (rec["run_key"], got.keys() ^ want.keys())
         assert all(got[k] == pytest.approx(want[k], rel=0, abs=1e-6 if k.endswith("_ece") else 0) for k in want), \

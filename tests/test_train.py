@@ -214,3 +214,95 @@ def test_a_pool_runs_its_configurations_in_one_process_like_separate_jobs_and_re
     assert pooled["metrics"]["test_accuracy"] == alone["metrics"]["test_accuracy"]
     again = run_pool(members, [0, 1], "smoke", "ptest", tiny, progress=False, log=lambda m: None)
     assert all(s["resumed"] for r in again["runs"] for s in r["seeds"].values())
+
+
+def _with_student(tiny, teacher_hidden=32):
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["tiny"]["model"]["hidden"] = teacher_hidden
+    spec["experiments"]["student"] = {**spec["experiments"]["tiny"], "teacher": "tiny",
+                                      "model": {"name": "mlp", "hidden": [16]},
+                                      "loss": {"name": "kd", "temperature": 4.0, "alpha": 0.9}}
+    spec["experiments"]["student2"] = {**spec["experiments"]["student"], "loss": {"name": "kd", "temperature": 2.0, "alpha": 1.0}}
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    return tiny / "configs/papers/tinytest.yaml"
+
+
+def test_a_student_distils_from_its_teachers_run_of_the_same_seed(tiny):
+    from softrepro.layout import Layout
+    from softrepro.plan import build
+    from softrepro.runner import run_pool
+
+    path = _with_student(tiny)
+    plan = build("smoke", "tinytest", tiny)
+    keys = {j.experiment: j.key for j in plan.jobs if j.seed == 0}
+    teacher = {j.experiment: j.teacher for j in plan.jobs if j.seed == 0}
+    assert teacher == {"tiny": None, "student": keys["tiny"], "student2": keys["tiny"]}
+    assert list(plan.keys()).count(keys["tiny"]) == 1  # one teacher run per seed, however many students
+    assert all(p.keys != (keys["tiny"],) or len(p.keys) == 1 for p in plan.pools)
+    quiet = dict(progress=False, log=lambda m: None)
+    with pytest.raises(RuntimeError, match="has no finished seed 0"):  # the DAG runs the teacher first
+        run_pool([(path, "student")], [0], "smoke", "s", tiny, **quiet)
+    run_pool([(path, "tiny")], [0, 1], "smoke", "t", tiny, **quiet)
+    rec = run_pool([(path, "student"), (path, "student2")], [0, 1], "smoke", "s", tiny, **quiet)
+    assert [r["seeds"][0]["status"] for r in rec["runs"]] == ["ok", "ok"]
+    lay = Layout("results", "smoke")
+    out = json.loads((tiny / lay.cache_run(keys["student"], 1) / "metrics.json").read_text())
+    assert out["teacher"] == {"experiment": "tiny", "run_key": keys["tiny"], "seed": 1}
+    assert out["metrics"]["test_accuracy"] > 0.3
+    # a changed teacher is another run, and so are its students
+    _with_student(tiny, teacher_hidden=48)
+    again = {j.experiment: j.key for j in build("smoke", "tinytest", tiny).jobs if j.seed == 0}
+    assert again["tiny"] != keys["tiny"] and again["student"] != keys["student"]
+
+
+def test_the_kd_loss_follows_its_formula():
+    import torch
+    import torch.nn.functional as F
+
+    from softrepro.methods.distill.kd import KD
+
+    g = torch.Generator().manual_seed(0)
+    z, v = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    T, a = 3.0, 0.7
+    p, logq = F.softmax(v / T, 1), F.log_softmax(z / T, 1)
+    soft_ce = -(p * logq).sum(1).mean()  # cross-entropy with the soft targets, as the paper writes it
+    entropy = -(p * p.log()).sum(1).mean()
+    expected = a * T * T * (soft_ce - entropy) + (1 - a) * F.cross_entropy(z, y)
+    assert KD(T, a)(z, y, None, teacher=v).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert KD(T, a)(z, y, None).item() == pytest.approx(F.cross_entropy(z, y).item())  # no teacher: the test loss
+
+
+def test_teacher_errors_name_the_field(tiny):
+    from softrepro.spec import SpecError, load_paper
+
+    path = _with_student(tiny)
+    good = path.read_text()
+    for mutate, words in ((lambda s: s["experiments"]["student"].update(teacher="nope"), "unknown experiment 'nope'"),
+                          (lambda s: s["experiments"]["tiny"].update(teacher="student"), "cycle"),
+                          (lambda s: s["experiments"]["student"].update(train_subset=100), "reads other inputs")):
+        spec = yaml.safe_load(path.read_text())
+        mutate(spec)
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(SpecError, match=words) as err:
+            load_paper(path, tiny)
+        assert "teacher" in str(err.value)
+        path.write_text(good)
+
+
+def test_shift_images_moves_each_image_by_at_most_shift_and_fills_zeros():
+    import torch
+
+    from softrepro.train import shift_images
+
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one lit pixel in the middle
+    y = shift_images(x, 2)
+    assert y.shape == x.shape and torch.equal(y.sum((1, 2, 3)), torch.ones(64))  # nothing lost, nothing added
+    where = y[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 9, where % 9
+    assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
+    assert len({(int(r), int(c)) for r, c in zip(rows, cols)}) > 10  # offsets differ per image
+    edge = torch.ones(8, 5, 5)
+    assert (shift_images(edge, 1) == 0).any()  # the uncovered border is zero

@@ -34,6 +34,7 @@ class Job:
     skip: str | None
     key: str | None = None  # None when the experiment is skipped at this scale
     inputs: tuple[str, ...] = ()  # every dataset the run reads: its own, then e.g. its OOD sets'
+    teacher: str | None = None  # the run key of the run whose trained model (same seed) this run reads
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def pool_signature(resolved: dict) -> str:
     (``estimate.signature``), the number of steps, the evaluation (OOD scores, probes) and the inputs."""
     from softrepro.estimate import signature
 
-    extra = {k: resolved.get(k) for k in ("kind", "steps", "ood", "probe", "eval_every")}
+    extra = {k: resolved.get(k) for k in ("kind", "steps", "ood", "probe", "eval_every", "teacher")}
     return signature(resolved) + json.dumps(extra, sort_keys=True, default=str) + ",".join(experiment_datasets(resolved))
 
 
@@ -157,8 +158,10 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
                 continue  # this combination of a matrix is not run at this scale
             key = None if resolved.get("skip") else run_key(resolved)
             inputs = experiment_datasets(resolved)
+            teacher = (resolved.get("teacher") or {}).get("run_key")
             for seed in sc.seeds:
-                jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs))
+                jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs,
+                                teacher))
     plan = Plan(sc, specs, jobs, results, seeds_per_job, configs)
     keys = plan.keys()
     plan.pools = make_pools(keys, {k: plan.config(plan.owner(k).paper, plan.owner(k).experiment) for k in keys},

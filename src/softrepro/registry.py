@@ -14,6 +14,11 @@ from typing import Callable, Dict, TypeVar
 F = TypeVar("F", bound=Callable)
 
 
+class NotRun(Exception):
+    """Raised by a benchmark that cannot run on this machine (no GPU, a peer library missing): the
+    run is recorded as *not run* with the message as its reason, and its claims say so."""
+
+
 class Registry:
     def __init__(self, kind: str, fixed: tuple[str, ...] = ()):
         self.kind = kind

@@ -15,7 +15,7 @@ from pathlib import Path
 from softrepro import __version__
 from softrepro.atomic import write_atomic, write_csv, write_json
 from softrepro.layout import Layout
-from softrepro.registry import BENCHMARKS
+from softrepro.registry import BENCHMARKS, NotRun
 from softrepro.spec import SpecError, experiment_datasets, load_paper, load_scale, resolve_experiment, run_key
 
 
@@ -95,12 +95,27 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
             if not marker["available"]:
                 reason = marker["reason"]
                 break
+    teacher_model = None
+    if not reason and exp.get("teacher"):  # a distillation student reads its teacher's run of the same seed
+        t = exp["teacher"]
+        t_dir = root / Layout(results, scale).cache_run(t["run_key"], seed)
+        if not (t_dir / "metrics.json").is_file():
+            raise RuntimeError(f"the teacher {t['experiment']!r} (run {t['run_key']}) has no finished seed {seed} "
+                               f"under {t_dir}: run it first (the DAG does)")
+        t_rec = json.loads((t_dir / "metrics.json").read_text())
+        teacher_model = t_dir / "model.pt"
+        if t_rec.get("status") != "ok":
+            reason = f"its teacher {t['experiment']!r} did not run ({t_rec.get('reason')})"
+        elif not teacher_model.is_file():
+            raise RuntimeError(f"{teacher_model} is missing (a run from before trained weights were kept): delete "
+                               f"{t_dir.parent} and run again")
+        record["teacher"] = {"experiment": t["experiment"], "run_key": t["run_key"], "seed": seed}
     if reason:
         record.update(status="not_run", reason=reason, metrics={})
         log(f"not run: {reason}")
     elif exp["kind"] == "train":
         metrics, steps, extras = train(exp, seed, out_dir, root, threads=threads, progress=progress, log=log,
-                                       cache_dir=root / Layout(results, scale).prepared())
+                                       cache_dir=root / Layout(results, scale).prepared(), teacher_model=teacher_model)
         record.update(status="ok", metrics=metrics, **extras)
     else:
         params = {k: v for k, v in exp["benchmark"].items() if k != "name"}
@@ -115,11 +130,16 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
                 bar.total = total
                 bar.update(done - bar.n)
 
-        metrics, rows = BENCHMARKS.get(exp["benchmark"]["name"])(params, seed, tick)
-        if bar is not None:
-            bar.close()
-        steps = pd.DataFrame(rows)
-        record.update(status="ok", metrics=metrics)
+        try:
+            metrics, rows = BENCHMARKS.get(exp["benchmark"]["name"])(params, seed, tick)
+            steps = pd.DataFrame(rows)
+            record.update(status="ok", metrics=metrics)
+        except NotRun as why:
+            record.update(status="not_run", reason=str(why), metrics={})
+            log(f"not run: {why}")
+        finally:
+            if bar is not None:
+                bar.close()
     record["wall_seconds"] = time.perf_counter() - t0
     record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_csv(steps, out_dir / "steps.csv")

@@ -236,6 +236,7 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
             for scale in SCALES:
                 _check_keys(BENCHMARKS, exp["benchmark"]["name"], resolve_experiment(exp, scale)["benchmark"], path,
                             f"{where}.benchmark", scale)
+    _link_teachers(expanded, path)
     seen = set()
     for i, claim in enumerate(doc["claims"]):
         where = f"claims[{i}]"
@@ -249,6 +250,40 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
                 raise SpecError(path, f"{where}.{key}", f"unknown experiment {ref!r} (spec has {', '.join(doc['experiments'])})")
         _check_claim(claim, doc["experiments"], path, where, root)
     return Paper(id=doc["id"], path=path, doc=doc, experiments=doc["experiments"], claims=doc["claims"])
+
+
+def _link_teachers(experiments: dict, path: Path) -> None:
+    """``teacher: <experiment>`` (a training experiment of the same spec whose trained model the
+    student reads, seed for seed) -> ``{"experiment": name, "spec": <the teacher's experiment>}``, so
+    that ``resolve_experiment`` can put the teacher's run key into the student's configuration (a
+    changed teacher is a new run key for its students too).  Teachers before students; no cycles."""
+    done: set[str] = set()
+
+    def link(name: str, chain: tuple[str, ...]) -> None:
+        exp = experiments[name]
+        teacher = exp.get("teacher")
+        if name in done or not isinstance(teacher, str):
+            done.add(name)
+            return
+        where = f"experiments.{name}.teacher"
+        if teacher not in experiments:
+            raise SpecError(path, where, f"unknown experiment {teacher!r} (spec has {', '.join(experiments)})")
+        if teacher in chain or teacher == name:
+            raise SpecError(path, where, f"teachers form a cycle: {' -> '.join((*chain, name, teacher))}")
+        if experiments[teacher]["kind"] != "train":
+            raise SpecError(path, where, f"the teacher {teacher!r} is a {experiments[teacher]['kind']}, not a training experiment")
+        if exp["kind"] != "train":
+            raise SpecError(path, where, "only a training experiment can have a teacher")
+        link(teacher, (*chain, name))
+        for key in ("dataset", "preprocess", "data", "train_subset", "train_range"):
+            if experiments[teacher].get(key) != exp.get(key):
+                raise SpecError(path, where, f"the teacher {teacher!r} reads other inputs ({key}: {experiments[teacher].get(key)!r} "
+                                             f"vs {exp.get(key)!r}): its outputs on the student's training set would not be its own")
+        exp["teacher"] = {"experiment": teacher, "spec": experiments[teacher]}
+        done.add(name)
+
+    for name in experiments:
+        link(name, ())
 
 
 def experiment_datasets(exp: dict) -> tuple[str, ...]:
@@ -482,4 +517,11 @@ def resolve_experiment(exp: dict, scale: str) -> dict:
     extra_devs = over.pop("deviations", [])
     merged = _deep_merge({k: v for k, v in exp.items() if k != "scales"}, over)
     merged["deviations"] = list(exp.get("deviations", [])) + list(extra_devs)
+    teacher = merged.get("teacher")
+    if isinstance(teacher, dict) and "spec" in teacher:  # linked by load_paper: the teacher as run at this scale
+        t = resolve_experiment(teacher["spec"], scale)
+        stop = t.get("skip") or ("not in this scale's grid" if t.get("grid_cut") else None)
+        merged["teacher"] = {"experiment": teacher["experiment"], "run_key": None if stop else run_key(t), "model": t["model"]}
+        if stop and not merged.get("skip"):
+            merged["skip"] = f"its teacher {teacher['experiment']!r} does not run at this scale ({stop})"
     return merged

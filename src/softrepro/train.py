@@ -150,7 +150,8 @@ def evaluate(model, loss_fn, x, y, batch: int = 1000, reliability: bool = False)
     model.train()
     n = len(y)
     p, t = torch.cat(probs), y.cpu()
-    metrics = {"test_accuracy": correct / n, "test_loss": loss_sum / n, **{k: c / n for k, c in counts.items()},
+    metrics = {"test_accuracy": correct / n, "test_errors": n - correct, "test_loss": loss_sum / n,
+               **{k: c / n for k, c in counts.items()},
                **calibration_metrics(p, t)}
     if p.shape[1] > 5:
         metrics["test_top5_accuracy"] = correct_top5 / n
@@ -196,7 +197,7 @@ def _make_schedule(cfg: dict | None, opt, steps: int):
 
 
 def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, progress: bool = True,
-          log=print, cache_dir: Path | None = None) -> tuple[dict, pd.DataFrame, dict]:
+          log=print, cache_dir: Path | None = None, teacher_model: Path | None = None) -> tuple[dict, pd.DataFrame, dict]:
     """Train and evaluate; returns (scalar metrics, per-step log, extras for metrics.json).
 
     numpy/scipy's BLAS and LAPACK (PCA, standardisation) run at the job's thread count, like
@@ -204,10 +205,37 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
     unstable run (e.g. the ReLU classifier) into another outcome.  A run started by hand then
     matches the same run started by Snakemake."""
     with threadpool_limits(limits=threads):
-        return _train(exp, seed, run_dir, root, threads, progress, log, cache_dir)
+        return _train(exp, seed, run_dir, root, threads, progress, log, cache_dir, teacher_model)
 
 
-def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progress: bool, log, cache_dir):
+def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, dtype, batch: int = 1000) -> torch.Tensor:
+    """The trained teacher's outputs (logits) on ``x``, in eval mode, computed once before the
+    student trains; ``cfg`` is the student's resolved ``teacher`` entry (its model and run key)."""
+    model_cfg = dict(cfg["model"])
+    model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(x.shape[1:]), n_classes=n_classes, **model_cfg)
+    model = model.to(device=x.device, dtype=dtype)
+    model.load_state_dict(torch.load(weights, map_location=x.device, weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).detach()
+
+
+def shift_images(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each image of the batch moved by its own random whole-pixel offset in [-shift, shift] along
+    both axes, the uncovered border zero ("jittering the input"); images are the last two axes.
+    Offsets come from torch's global generator, whose state checkpoints keep."""
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    pad = F.pad(x, (shift, shift, shift, shift))
+    off = torch.randint(0, 2 * shift + 1, (2, b), device=x.device)
+    rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, :, None]  # (b, h, 1)
+    cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, :]  # (b, 1, w)
+    flat = pad.reshape(b, -1, h + 2 * shift, w + 2 * shift)
+    out = flat[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(flat.shape[1], device=x.device)[None, :, None, None],
+               rows[:, None], cols[:, None]]
+    return out.reshape(x.shape)
+
+
+def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progress: bool, log, cache_dir, teacher_model=None):
     device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(threads)  # CPU kernels are deterministic for a fixed thread count
@@ -227,6 +255,10 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     loss_bits = getattr(loss_fn, "precision", None)  # a loss computed at another precision (e.g. float64 softmax)
     opt = _make_optimizer(exp["optimizer"], model)
     sched = _make_schedule(exp.get("schedule"), opt, exp["steps"])
+    augment = exp.get("augment")  # {shift: pixels}: training inputs jittered each step
+    teacher = None
+    if exp.get("teacher"):  # a distillation student: the loss gets the teacher's logits of each batch
+        teacher = teacher_outputs(exp["teacher"], teacher_model, xtr, n_classes, DTYPES[exp.get("dtype", "float32")])
     clip = exp.get("grad_clip")
 
     steps, batch = exp["steps"], exp["batch_size"]
@@ -271,10 +303,12 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     for step in bar:
         idx = stream.indices(step)
         xb, yb = xtr[idx], ytr[idx]
+        if augment:
+            xb = shift_images(xb, augment["shift"])
         for hooked in progress_hooks:  # e.g. a loss weight or a temperature that follows training progress
             hooked.set_progress(step, steps)
         out = model(xb)
-        loss = loss_fn(out, yb, model)
+        loss = loss_fn(out, yb, model) if teacher is None else loss_fn(out, yb, model, teacher=teacher[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
@@ -327,5 +361,9 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     metrics.update(train_loss_final=history[-1]["train_loss"] if history else math.nan, steps=steps,
                    n_train=len(ytr), n_test=len(yte), train_seconds=wall,
                    steps_per_second=(steps - start_step) / max(time.perf_counter() - t0, 1e-9))
+    # the trained weights, for the runs that distil from this one (written before metrics.json)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    write_atomic(run_dir / "model.pt", lambda tmp: tmp.write_bytes(buf.getbuffer()))
     ckpt_path.unlink(missing_ok=True)
     return metrics, pd.DataFrame(history), extras

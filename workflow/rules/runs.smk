@@ -3,7 +3,8 @@
 # up to the scale's `configs_per_job` runs of equal cost (plan.Pool), all of the scale's seeds
 # (or chunks of `seeds_per_job`), in one process (imports and spec checks are paid once a job),
 # then writes its record cache/pools/<pool>/runs_<seeds>.json.  An interrupted job resumes at the
-# run and seed it was on.  A job of the report is one (paper, experiment, seed): rule `link`
+# run and seed it was on.  A run with a teacher (a distillation student) waits for the job that
+# trains its teacher's same seeds, and its run key contains the teacher's.  A job of the report is one (paper, experiment, seed): rule `link`
 # writes all of a paper's, each its run's record with the paper's own deviations, under
 # runs/<paper>/<experiment>/seed<k>, then runs/<paper>/linked.json.  params.config is the rerun
 # trigger: editing a claim's text reruns nothing; editing what an experiment computes reruns it
@@ -18,7 +19,11 @@ def _pool(w):
 
 
 def _run_inputs(w):
-    return sorted({LAYOUT.dataset_marker(d) for k in _pool(w).keys for d in PLAN.owner(k).inputs})
+    """The datasets its runs read, and the jobs that train their teachers (the same seeds)."""
+    owners = [PLAN.owner(k) for k in _pool(w).keys]
+    seeds = tuple(int(s) for s in w.seeds.split("_"))
+    teachers = {LAYOUT.pool(PLAN.pool_of(j.teacher).id, PLAN.batch(s)) for j in owners if j.teacher for s in seeds}
+    return sorted({LAYOUT.dataset_marker(d) for j in owners for d in j.inputs} | teachers)
 
 
 def _computing(w):

@@ -135,8 +135,10 @@ def sweep(data: pd.DataFrame, metrics=(), spec: dict | None = None):
     long["variant"] = long["variant"].str[len(prefix):]
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     sns.lineplot(data=long, x=x, y="y", hue="variant", style="experiment", errorbar=("ci", 95), marker="o", ms=3, ax=ax)
-    if spec.get("log"):
-        ax.set(xscale="log", yscale="log")
+    if spec.get("log"):  # True: both axes; "x": the size axis only
+        ax.set_xscale("log")
+        if spec["log"] is True:
+            ax.set_yscale("log")
     ax.set_ylabel(spec.get("ylabel", "value"))
     ax.legend(fontsize=7)
     fig.tight_layout()

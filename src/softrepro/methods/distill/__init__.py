@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses that read a teacher's outputs (an experiment's ``teacher``)."""
