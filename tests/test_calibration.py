@@ -52,3 +52,22 @@ def test_ece_agrees_with_torchmetrics(seed):
     y = torch.randint(0, 10, (2000,), generator=g)
     ref = float(multiclass_calibration_error(p, y, num_classes=10, n_bins=15, norm="l1"))
     assert calibration_metrics(p, y)["test_ece"] == pytest.approx(ref, abs=1e-6)  # torchmetrics bins in float32
+
+
+def test_temperature_scaling_fits_on_the_holdout_and_measures_the_rest():
+    import torch
+
+    from softrepro.train import temperature_scaled
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (4000,), generator=g)
+    z = torch.randn(4000, 5, generator=g) + 2.0 * torch.nn.functional.one_hot(y, 5)
+
+    # with unit-variance noise around 2 * onehot(y), the calibrated logits are 2 x: 3 x is 1.5 times too large
+    class Overconfident(torch.nn.Module):
+        def forward(self, x):
+            return 3.0 * x
+
+    m = temperature_scaled(Overconfident(), z, y, holdout=2000)
+    assert 1.35 < m["ts_temperature"] < 1.65 and m["ts_n_eval"] == 2000
+    assert m["ts_ece_after"] < 0.5 * m["ts_ece_before"] and m["ts_nll_after"] < m["ts_nll_before"]

@@ -25,9 +25,12 @@ def snakemake(root, *args, timeout=900):
 # "up to" claim, label noise with a matrix grid, a calibration claim, two papers that share their
 # cross-entropy baseline (one run per seed, linked to both), a dynamics claim judged from the
 # per-step log (a threshold reached or not within a step budget), and a registered
-# non-classification task (the Gumbel-softmax VAE: no training accuracy in its log).
+# non-classification task (the Gumbel-softmax VAE: no training accuracy in its log), a
+# distillation student whose job waits for its teacher's, and a GPU benchmark on a machine
+# without one (its claims say why they did not run).
 SMOKE_PAPERS = ("agarap2017-cnn-svm,milakov2018-online-softmax,ma2020-normalized-losses,muller2019-label-smoothing,"
-                "tao2023-dual-focal,prieto2025-grokking-stablemax,jang2016-gumbel-softmax,unreachable-fixture")
+                "tao2023-dual-focal,prieto2025-grokking-stablemax,jang2016-gumbel-softmax,unreachable-fixture,"
+                "hinton2015-distillation,wijmans2025-cut-cross-entropy")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -180,3 +183,18 @@ def test_same_metrics_bit_for_bit_as_before_the_refactor(smoke_run):
             (rec["run_key"], rec["seed"], {k: (got[k], want[k]) for k in want if got[k] != want[k]})
         compared += 1
     assert compared >= 20, f"only {compared} runs share a run key with the reference"
+
+
+def test_smoke_student_learns_from_its_teacher_and_gpu_claims_say_why_not_run(smoke_run):
+    import torch
+
+    runs = smoke_run / "results/smoke/runs/hinton2015-distillation"
+    big = json.loads((runs / "big/seed1/metrics.json").read_text())
+    student = json.loads((runs / "distilled/seed1/metrics.json").read_text())
+    assert student["status"] == "ok" and student["teacher"] == {"experiment": "big", "run_key": big["run_key"], "seed": 1}
+    assert (smoke_run / "results/smoke/cache" / big["run_key"] / "seed1/model.pt").is_file()
+    claims = pd.read_csv(smoke_run / "results/smoke/claims.csv").set_index("claim")
+    gpu = claims.loc[["cce-loss-memory", "cce-faster-than-baseline"], "verdict"]
+    if not torch.cuda.is_available():
+        assert all(v == "not run: needs a GPU (CUDA): none on this machine" for v in gpu)
+    assert claims.loc["chunked-loss-memory-below-naive", "n"] == 2  # the CPU stand-in ran

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from softrepro import noise as label_noise
 from softrepro.atomic import write_atomic
-from softrepro.calibration import calibration_metrics, reliability_bins
+from softrepro.calibration import calibration_metrics, fit_temperature, reliability_bins
 from softrepro.datasets import load_splits, prepared_key, preprocess_cached, to_float
 from softrepro.probes import softmax_collapse_fraction
 from softrepro.registry import LOSSES, MODELS, OPTIMIZERS, PROBES, SCHEDULES, TASKS
@@ -220,6 +220,24 @@ def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, d
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).detach()
 
 
+def temperature_scaled(model, x, y, holdout: int, batch: int = 1000) -> dict:
+    """Temperature scaling (Guo et al. 2017) after training: T fitted by NLL on the first ``holdout``
+    test images, then ECE (15 bins) and NLL on the other test images before (T = 1) and after
+    (softmax(z / T)), so that the two are compared on the same images."""
+    if not 0 < holdout < len(x):
+        raise ValueError(f"temperature_scaling.holdout = {holdout} needs more test images than that (there are {len(x)})")
+    model.eval()
+    with torch.no_grad():
+        z = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double().cpu()
+    model.train()
+    t = y.cpu()
+    temp = fit_temperature(z[:holdout], t[:holdout])
+    before = calibration_metrics(F.softmax(z[holdout:], 1), t[holdout:])
+    after = calibration_metrics(F.softmax(z[holdout:] / temp, 1), t[holdout:])
+    return {"ts_temperature": temp, "ts_ece_before": before["test_ece"], "ts_ece_after": after["test_ece"],
+            "ts_nll_before": before["test_nll"], "ts_nll_after": after["test_nll"], "ts_n_eval": len(t) - holdout}
+
+
 def shift_images(x: torch.Tensor, shift: int) -> torch.Tensor:
     """Each image of the batch moved by its own random whole-pixel offset in [-shift, shift] along
     both axes, the uncovered border zero ("jittering the input"); images are the last two axes.
@@ -345,6 +363,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     bar.close()
 
     metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, final=True)
+    if exp.get("temperature_scaling"):  # post-hoc calibration, fitted on the first test images
+        metrics.update(temperature_scaled(model, xte, yte, exp["temperature_scaling"]["holdout"]))
     if exp.get("probes"):  # opt-in end-of-training measurements on the training set
         model.eval()
         with torch.no_grad():

@@ -184,7 +184,7 @@ def paper(res: Results, pid: str) -> list:
     pc = res.claims[res.claims["paper"] == pid]
     links = f"arXiv:{E(doc['arxiv'])} ({doc['year']})" + (f" &middot; code: {E(doc['code'])}" if doc.get("code") else "")
     items = [f"<h2>{E(doc['title'])}</h2><p class='small'>{E(', '.join(doc.get('authors') or []))} &middot; {links} &middot; "
-             f"spec <code>configs/papers/{E(pid)}.yaml</code> &middot; seed file(s): {E(', '.join(doc['seed_files']))}</p>"]
+             f"spec <code>configs/papers/{E(pid)}.yaml</code> &middot; seed file(s): {E(', '.join(doc['seed_files']) or 'none (not in the seed pages)')}</p>"]
     if doc.get("protocol_sources"):
         items.append("<p class='small'><b>Protocol read from:</b> " + "; ".join(E(s) for s in doc["protocol_sources"]) + "</p>")
     rows, classes = [], []
