@@ -306,3 +306,30 @@ def test_shift_images_moves_each_image_by_at_most_shift_and_fills_zeros():
     assert len({(int(r), int(c)) for r, c in zip(rows, cols)}) > 10  # offsets differ per image
     edge = torch.ones(8, 5, 5)
     assert (shift_images(edge, 1) == 0).any()  # the uncovered border is zero
+
+
+def test_train_classes_and_logit_shift(tiny):
+    """A transfer set without a class, then the errors before and after raising that class's logit."""
+    import torch
+
+    from softrepro.train import shifted_errors
+
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    spec["experiments"]["tiny"].update(train_classes={"exclude": [3]}, logit_shift={"classes": [3], "by": 50.0})
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    rec = _run(tiny, tiny / "a")
+    m = rec["metrics"]
+    threes = m["test_errors_class_3"]
+    assert threes > 0 and m["n_train"] < 600  # never trained on a 3: its test 3s are missed
+    assert m["shifted_test_errors_class_3"] == 0  # +50 on the 3 logit: every 3 is called a 3 ...
+    assert m["shifted_test_errors"] > m["test_errors"]  # ... and so are many other digits
+    assert m["test_errors"] == round(m["n_test"] * (1 - m["test_accuracy"]))
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    z = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 2.5], [1.0, 0.0, 0.9]])
+    out = shifted_errors(Fixed(), z, torch.tensor([2, 2, 0]), [2], 1.5)
+    assert out == {"test_errors": 2, "test_error": 2 / 3, "test_errors_class_2": 2,
+                   "shifted_test_errors": 1, "shifted_test_error": 1 / 3, "shifted_test_errors_class_2": 0}

@@ -69,6 +69,10 @@ def load_data(exp: dict, root: Path, device: torch.device, seed: int = 0, thread
     if "train_subset" in exp and exp["train_subset"] < len(ytr):
         keep = np.random.default_rng(0).permutation(len(ytr))[: exp["train_subset"]]  # same subset for every seed
         xtr, ytr = xtr[keep], ytr[keep]
+    if "train_classes" in exp:  # a transfer set without some classes, or with some only (training split alone)
+        keep = np.isin(ytr, exp["train_classes"].get("only", np.unique(ytr)))
+        keep &= ~np.isin(ytr, exp["train_classes"].get("exclude", []))
+        xtr, ytr = xtr[keep], ytr[keep]
     if "test_subset" in exp:
         xte, yte = xte[: exp["test_subset"]], yte[: exp["test_subset"]]
     labels = ytr.ndim == 1
@@ -220,6 +224,25 @@ def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, d
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).detach()
 
 
+def shifted_errors(model, x, y, classes: list[int], by: float, batch: int = 1000) -> dict:
+    """Test errors before and after adding ``by`` to the logits of ``classes`` (what raising those
+    classes' output biases does): in all, as a fraction, and on the test images of each of ``classes``."""
+    model.eval()
+    with torch.no_grad():
+        z = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
+    model.train()
+    shifted = z.clone()
+    shifted[:, classes] += by
+    out = {}
+    for tag, logits in (("", z), ("shifted_", shifted)):
+        wrong = logits.argmax(1) != y
+        out[f"{tag}test_errors"] = int(wrong.sum())
+        out[f"{tag}test_error"] = float(wrong.double().mean())
+        for k in classes:
+            out[f"{tag}test_errors_class_{k}"] = int((wrong & (y == k)).sum())
+    return out
+
+
 def temperature_scaled(model, x, y, holdout: int, batch: int = 1000) -> dict:
     """Temperature scaling (Guo et al. 2017) after training: T fitted by NLL on the first ``holdout``
     test images, then ECE (15 bins) and NLL on the other test images before (T = 1) and after
@@ -363,6 +386,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     bar.close()
 
     metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, final=True)
+    if exp.get("logit_shift"):  # post-hoc: a constant added to some classes' logits (their output biases)
+        metrics.update(shifted_errors(model, xte, yte, exp["logit_shift"]["classes"], exp["logit_shift"]["by"]))
     if exp.get("temperature_scaling"):  # post-hoc calibration, fitted on the first test images
         metrics.update(temperature_scaled(model, xte, yte, exp["temperature_scaling"]["holdout"]))
     if exp.get("probes"):  # opt-in end-of-training measurements on the training set
