@@ -32,3 +32,18 @@ def test_benchmark_names_its_metrics_by_alpha():
                                    "steps": 3}, seed=0)
     assert {"loss_a0_step1", "loss_a035_step3", "loss_a0_inf", "loss_a035_inf"} <= set(metrics)
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["loss_a0"] == rows[0]["loss_a035"]
+
+
+def test_xi_self_distillation_is_cross_entropy_against_the_mixed_target():
+    import torch
+    import torch.nn.functional as F
+
+    from softrepro.methods.distillation.kd import XiSelfDistillation
+
+    g = torch.Generator().manual_seed(1)
+    z, v = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    for xi in (0.0, 0.5, 1.0, 2.0):
+        target = xi * F.softmax(v, 1) + (1 - xi) * F.one_hot(y, 4).double()  # negative entries when xi > 1
+        expected = -(target * F.log_softmax(z, 1)).sum(1).mean()
+        assert XiSelfDistillation(xi)(z, y, None, teacher=v).item() == pytest.approx(expected.item(), rel=1e-12)

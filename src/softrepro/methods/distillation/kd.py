@@ -39,3 +39,21 @@ class KD:
             return F.cross_entropy(logits, targets)
         return kd_loss(logits, targets, teacher, self.temperature, self.alpha)
 
+
+
+@LOSSES.register("self_distillation_xi")
+class XiSelfDistillation:
+    """Das & Sanghavi 2023 (abstract): the student's objective xi * l(teacher's predictions, student's
+    predictions) + (1 - xi) * l(given labels, student's predictions) with l the cross-entropy; the
+    teacher's predictions are its softmax probabilities.  xi may exceed 1 (then the given labels get a
+    negative weight).  Without a teacher (the test loss) it is the plain cross-entropy."""
+
+    def __init__(self, xi: float = 0.5):
+        self.xi = float(xi)
+
+    def __call__(self, logits, targets, model, teacher=None):
+        if teacher is None:
+            return F.cross_entropy(logits, targets)
+        logq = F.log_softmax(logits, 1)
+        soft = -(F.softmax(teacher, 1) * logq).sum(1).mean()
+        return self.xi * soft + (1 - self.xi) * F.nll_loss(logq, targets)
