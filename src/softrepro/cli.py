@@ -150,6 +150,18 @@ def _cmd_timings(args) -> int:
     return 0
 
 
+def _cmd_throughput(args) -> int:
+    from softrepro.atomic import write_csv
+    from softrepro.estimate import THROUGHPUT, throughput
+
+    root = repo_root()
+    table = throughput([root / r for r in args.measured])
+    out = root / (args.out or THROUGHPUT)
+    write_csv(table, out)
+    print(f"{len(table)} speed signatures from {int(table['runs'].sum())} runs -> {out}")
+    return 0
+
+
 def _cmd_estimate(args) -> int:
     from softrepro.estimate import report
     from softrepro.plan import build
@@ -239,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("dag", help="run Snakemake on this checkout with the arguments that follow (what `make reproduce` "
                    "does): one at a time, stale locks of a killed run removed")
+
+    s = sub.add_parser("throughput", help="write the measured steps/s of each speed signature (finished runs under --measured) "
+                                          "to benchmarks/throughput.csv, which orders the DAG's jobs longest first")
+    s.add_argument("--measured", nargs="+", default=["results"], help="results folders with finished runs")
+    s.add_argument("--out", help="default: benchmarks/throughput.csv")
+    s.set_defaults(fn=_cmd_throughput)
 
     s = sub.add_parser("estimate", help="planned runs of a scale and their expected hours per device, from measured throughput")
     s.add_argument("--scale", default="paper")

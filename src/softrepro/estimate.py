@@ -39,6 +39,30 @@ def measured(roots: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["signature", "device", "steps_per_second", "overhead_s", "source"])
 
 
+THROUGHPUT = "benchmarks/throughput.csv"  # committed: measured steps/s per speed signature and device
+
+
+def throughput(roots: list[Path]) -> pd.DataFrame:
+    """Per speed signature and device: the median steps/s and time outside the training loop over
+    the finished runs under ``roots`` (what ``softrepro throughput`` writes to THROUGHPUT)."""
+    return (measured(roots).groupby(["signature", "device"])
+            .agg(steps_per_second=("steps_per_second", "median"), overhead_s=("overhead_s", "median"),
+                 runs=("source", "count")).reset_index())
+
+
+def expected_seconds(resolved: dict, seeds: int, table: pd.DataFrame | None, device: str = "cpu") -> float:
+    """A run's expected seconds for ``seeds`` seeds from ``table`` (THROUGHPUT), or, for a signature
+    never measured on ``device``, from steps x batch size at 20 us an example (a rough CPU figure:
+    it orders the jobs, nothing more)."""
+    if resolved["kind"] != "train":
+        return 0.0
+    if table is not None and len(table):
+        hit = table[(table["signature"] == signature(resolved)) & (table["device"] == device)]
+        if len(hit):
+            return seeds * (resolved["steps"] / float(hit["steps_per_second"].iloc[0]) + float(hit["overhead_s"].iloc[0]))
+    return seeds * resolved["steps"] * resolved.get("batch_size", 1) * 2e-5
+
+
 def estimate(plan, roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per planned run and device: expected seconds, or nan where unmeasured; the devices' medians)."""
     speeds = measured(roots)

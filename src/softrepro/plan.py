@@ -79,6 +79,7 @@ class Plan:
     seeds_per_job: int = 0  # 0: all seeds of a run in one job
     configs: dict = None  # (paper, experiment) -> the experiment resolved at this scale, computed once
     pools: list = None  # list[Pool]: what each training process computes
+    throughput: object = None  # the committed throughput table (estimate.THROUGHPUT), when there is one
 
     def config(self, paper: str, experiment: str) -> dict:
         """The experiment as run at this scale (resolved once, when the plan was built)."""
@@ -137,6 +138,17 @@ class Plan:
                 return p
         raise KeyError(f"no run {key} at scale {self.scale.name}")
 
+    def pool_seconds(self, pid: str) -> float:
+        """The expected seconds of one job of pool ``pid`` (all its runs and seeds), from the committed
+        throughput table: the DAG starts the longest jobs first, so that no long job is left to run
+        alone on one core at the end."""
+        from softrepro.estimate import expected_seconds
+
+        pool = self.pool(pid)
+        seeds = len(self.batch(self.scale.seeds[0]))
+        device = "cuda" if self.scale.gpu else "cpu"
+        return sum(expected_seconds(self.computing(k), seeds, self.throughput, device) for k in pool.keys)
+
     def batch(self, seed: int) -> tuple[int, ...]:
         """The seeds computed by the same job as ``seed`` (all of the scale's, or chunks of ``seeds_per_job``)."""
         seeds = list(self.scale.seeds)
@@ -163,6 +175,11 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
                 jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs,
                                 teacher))
     plan = Plan(sc, specs, jobs, results, seeds_per_job, configs)
+    table = root / "benchmarks" / "throughput.csv"
+    if table.is_file():
+        import pandas as pd
+
+        plan.throughput = pd.read_csv(table)
     keys = plan.keys()
     plan.pools = make_pools(keys, {k: plan.config(plan.owner(k).paper, plan.owner(k).experiment) for k in keys},
                             sc.configs_per_job)

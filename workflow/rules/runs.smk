@@ -50,9 +50,9 @@ rule run:
     wildcard_constraints:
         seeds=r"\d+(_\d+)*",
     threads: lambda w: workflow.cores if _pool(w).kind == "benchmark" else PLAN.scale.train_threads
-    # a benchmark takes every core: run it first, so that it does not wait at the end while the
-    # last training jobs leave cores idle
-    priority: lambda w: 10 if _pool(w).kind == "benchmark" else 0
+    # longest first: a benchmark (it takes every core), then the training jobs by their expected
+    # seconds (benchmarks/throughput.csv), so that no long job is left alone on one core at the end
+    priority: lambda w: 10**7 if _pool(w).kind == "benchmark" else int(PLAN.pool_seconds(w.pool))
     resources:
         gpu=lambda w: 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0,
         gpu_slots=lambda w: 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0,
