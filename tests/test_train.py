@@ -259,7 +259,7 @@ def test_the_kd_loss_follows_its_formula():
     import torch
     import torch.nn.functional as F
 
-    from softrepro.methods.distill.kd import KD
+    from softrepro.methods.distillation.kd import KD
 
     g = torch.Generator().manual_seed(0)
     z, v = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
