@@ -24,6 +24,7 @@ implementation and mode so that no allocator cache hides an allocation.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import re
 import time
 from pathlib import Path
@@ -138,7 +139,8 @@ def _cpu_peak_child(p: dict, name: str, mode: str, seed: int, out) -> None:
     torch.set_num_threads(int(p.get("threads", 1)))
     e, c, t = _inputs(p, seed, "cpu")
     fn = _impl(name, p.get("softcap"), p["chunk"])
-    _call(fn, e[:8].clone(), c, t[:8], mode)  # first-call allocations (kernels, thread pools) out of the measurement
+    _call(fn, e, c, t, mode)  # first-call allocations (GEMM buffers, thread pools) out of the measurement
+    e.grad = c.grad = None
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current resident size
     before = _status_kb("VmRSS")
     _call(fn, e, c, t, mode)
@@ -146,10 +148,21 @@ def _cpu_peak_child(p: dict, name: str, mode: str, seed: int, out) -> None:
 
 
 def _cpu_peak_mb(p: dict, name: str, mode: str, seed: int) -> float:
+    """The child's allocator returns every freed block of 64 KiB or more to the system at once (a fixed
+    glibc mmap threshold: otherwise it raises the threshold as blocks are freed and keeps later ones
+    in its heap), so that its resident size follows what is live and the warm-up call hides nothing."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=_cpu_peak_child, args=(p, name, mode, seed, q))
-    proc.start()
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the child's C library at start-up
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     try:
         return float(q.get(timeout=600))
     finally:
