@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from softrepro.layout import Layout
@@ -79,7 +80,7 @@ class Plan:
     seeds_per_job: int = 0  # 0: all seeds of a run in one job
     configs: dict = None  # (paper, experiment) -> the experiment resolved at this scale, computed once
     pools: list = None  # list[Pool]: what each training process computes
-    throughput: object = None  # the committed throughput table (estimate.THROUGHPUT), when there is one
+    root: Path | None = None  # the checkout (for its committed throughput table)
 
     def config(self, paper: str, experiment: str) -> dict:
         """The experiment as run at this scale (resolved once, when the plan was built)."""
@@ -149,6 +150,18 @@ class Plan:
         device = "cuda" if self.scale.gpu else "cpu"
         return sum(expected_seconds(self.computing(k), seeds, self.throughput, device) for k in pool.keys)
 
+    @cached_property
+    def throughput(self):
+        """The committed throughput table (``estimate.THROUGHPUT``), read when first needed; None without one."""
+        from softrepro.estimate import THROUGHPUT
+
+        table = (self.root or repo_root()) / THROUGHPUT
+        if not table.is_file():
+            return None
+        import pandas as pd
+
+        return pd.read_csv(table)
+
     def batch(self, seed: int) -> tuple[int, ...]:
         """The seeds computed by the same job as ``seed`` (all of the scale's, or chunks of ``seeds_per_job``)."""
         seeds = list(self.scale.seeds)
@@ -174,12 +187,7 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
             for seed in sc.seeds:
                 jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs,
                                 teacher))
-    plan = Plan(sc, specs, jobs, results, seeds_per_job, configs)
-    table = root / "benchmarks" / "throughput.csv"
-    if table.is_file():
-        import pandas as pd
-
-        plan.throughput = pd.read_csv(table)
+    plan = Plan(sc, specs, jobs, results, seeds_per_job, configs, root=root)
     keys = plan.keys()
     plan.pools = make_pools(keys, {k: plan.config(plan.owner(k).paper, plan.owner(k).experiment) for k in keys},
                             sc.configs_per_job)

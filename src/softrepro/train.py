@@ -212,25 +212,31 @@ def train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int = 1, pro
         return _train(exp, seed, run_dir, root, threads, progress, log, cache_dir, teacher_model)
 
 
-def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, dtype, batch: int = 1000) -> torch.Tensor:
-    """The trained teacher's outputs (logits) on ``x``, in eval mode, computed once before the
-    student trains; ``cfg`` is the student's resolved ``teacher`` entry (its model and run key)."""
+def predict(model, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """The model's outputs on ``x`` in eval mode, in batches, without gradients; the model is left
+    in training mode (as the training loop expects it)."""
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+    model.train()
+    return out
+
+
+def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
+    """The trained teacher's outputs (logits) on ``x``, computed once before the student trains;
+    ``cfg`` is the student's resolved ``teacher`` entry (its model and run key)."""
     model_cfg = dict(cfg["model"])
     model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(x.shape[1:]), n_classes=n_classes, **model_cfg)
     model = model.to(device=x.device, dtype=dtype)
     model.load_state_dict(torch.load(weights, map_location=x.device, weights_only=True))
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).detach()
+    return predict(model, x)
 
 
-def shifted_errors(model, x, y, classes: list[int], by: float, batch: int = 1000) -> dict:
-    """Test errors before and after adding ``by`` to the logits of ``classes`` (what raising those
-    classes' output biases does): in all, as a fraction, and on the test images of each of ``classes``."""
-    model.eval()
-    with torch.no_grad():
-        z = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
-    model.train()
+def shifted_errors(z: torch.Tensor, y: torch.Tensor, classes: list[int], by: float) -> dict:
+    """Test errors of the test logits ``z`` before and after adding ``by`` to the logits of ``classes``
+    (what raising those classes' output biases does): in all, as a fraction, and on the test images of
+    each of ``classes``."""
+    z = z.double()
     shifted = z.clone()
     shifted[:, classes] += by
     out = {}
@@ -243,17 +249,13 @@ def shifted_errors(model, x, y, classes: list[int], by: float, batch: int = 1000
     return out
 
 
-def temperature_scaled(model, x, y, holdout: int, batch: int = 1000) -> dict:
-    """Temperature scaling (Guo et al. 2017) after training: T fitted by NLL on the first ``holdout``
-    test images, then ECE (15 bins) and NLL on the other test images before (T = 1) and after
-    (softmax(z / T)), so that the two are compared on the same images."""
-    if not 0 < holdout < len(x):
-        raise ValueError(f"temperature_scaling.holdout = {holdout} needs more test images than that (there are {len(x)})")
-    model.eval()
-    with torch.no_grad():
-        z = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double().cpu()
-    model.train()
-    t = y.cpu()
+def temperature_scaled(z: torch.Tensor, y: torch.Tensor, holdout: int) -> dict:
+    """Temperature scaling (Guo et al. 2017) of the test logits ``z`` after training: T fitted by NLL on
+    the first ``holdout`` test images, then ECE (15 bins) and NLL on the other test images before
+    (T = 1) and after (softmax(z / T)), so that the two are compared on the same images."""
+    if not 0 < holdout < len(z):
+        raise ValueError(f"temperature_scaling.holdout = {holdout} needs more test images than that (there are {len(z)})")
+    z, t = z.double().cpu(), y.cpu()
     temp = fit_temperature(z[:holdout], t[:holdout])
     before = calibration_metrics(F.softmax(z[holdout:], 1), t[holdout:])
     after = calibration_metrics(F.softmax(z[holdout:] / temp, 1), t[holdout:])
@@ -386,10 +388,12 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     bar.close()
 
     metrics, reliability = evaluate_task(task, model, loss_fn, xte, yte, final=True)
-    if exp.get("logit_shift"):  # post-hoc: a constant added to some classes' logits (their output biases)
-        metrics.update(shifted_errors(model, xte, yte, exp["logit_shift"]["classes"], exp["logit_shift"]["by"]))
-    if exp.get("temperature_scaling"):  # post-hoc calibration, fitted on the first test images
-        metrics.update(temperature_scaled(model, xte, yte, exp["temperature_scaling"]["holdout"]))
+    if exp.get("logit_shift") or exp.get("temperature_scaling"):  # post-hoc measures on the test logits
+        z_test = predict(model, xte)
+        if exp.get("logit_shift"):  # a constant added to some classes' logits (their output biases)
+            metrics.update(shifted_errors(z_test, yte, exp["logit_shift"]["classes"], exp["logit_shift"]["by"]))
+        if exp.get("temperature_scaling"):  # calibration fitted on the first test images
+            metrics.update(temperature_scaled(z_test, yte, exp["temperature_scaling"]["holdout"]))
     if exp.get("probes"):  # opt-in end-of-training measurements on the training set
         model.eval()
         with torch.no_grad():
