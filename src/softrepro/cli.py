@@ -154,11 +154,24 @@ def _cmd_throughput(args) -> int:
     from softrepro.atomic import write_csv
     from softrepro.estimate import THROUGHPUT, throughput
 
+    import pandas as pd
+
     root = repo_root()
     table = throughput([root / r for r in args.measured])
     out = root / (args.out or THROUGHPUT)
+    kept = 0
+    if out.is_file() and not args.replace:
+        # rows for the signatures and devices measured now are replaced; the others stay
+        old = pd.read_csv(out)
+        if "method" not in old:
+            old["method"] = None
+        measured_now = set(zip(table["signature"], table["device"]))
+        old = old[[(s, d) not in measured_now for s, d in zip(old["signature"], old["device"])]]
+        kept = len(old)
+        table = pd.concat([table, old[table.columns]], ignore_index=True).sort_values(["signature", "method", "device"])
     write_csv(table, out)
-    print(f"{len(table)} speed signatures from {int(table['runs'].sum())} runs -> {out}")
+    print(f"{len(table)} rows (speed signature x method x device; {kept} kept from the table before) "
+          f"from {int(table['runs'].sum())} runs -> {out}")
     return 0
 
 
@@ -256,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "to benchmarks/throughput.csv, which orders the DAG's jobs longest first")
     s.add_argument("--measured", nargs="+", default=["results"], help="results folders with finished runs")
     s.add_argument("--out", help="default: benchmarks/throughput.csv")
+    s.add_argument("--replace", action="store_true",
+                   help="write only what --measured holds (default: keep the table's rows for signatures not measured there)")
     s.set_defaults(fn=_cmd_throughput)
 
     s = sub.add_parser("estimate", help="planned runs of a scale and their expected hours per device, from measured throughput")

@@ -23,6 +23,16 @@ def signature(resolved: dict) -> str:
     return json.dumps({k: resolved.get(k) for k in SPEED_KEYS}, sort_keys=True)
 
 
+def method(resolved: dict) -> str:
+    """The loss and optimizer by name: within one speed signature they still move a step's cost
+    (StableMax's float64 log-sum-exp, an orthogonalising optimizer), so the throughput table keeps
+    them apart where they were measured."""
+    def name(x):
+        return x.get("name") if isinstance(x, dict) else x
+
+    return json.dumps({"loss": name(resolved.get("loss")), "optimizer": name(resolved.get("optimizer"))}, sort_keys=True)
+
+
 def measured(roots: list[Path]) -> pd.DataFrame:
     """One row per finished run found under the results folders: signature, device, steps/s, overhead s."""
     rows = []
@@ -33,19 +43,19 @@ def measured(roots: list[Path]) -> pd.DataFrame:
             if rec.get("status") != "ok" or rec.get("kind") != "train" or not m.get("steps_per_second"):
                 continue
             train_s = m.get("train_seconds") or m["steps"] / m["steps_per_second"]
-            rows.append({"signature": signature(rec["config"]), "device": rec["provenance"]["device"],
+            rows.append({"signature": signature(rec["config"]), "method": method(rec["config"]), "device": rec["provenance"]["device"],
                          "steps_per_second": m["steps_per_second"], "overhead_s": max(rec["wall_seconds"] - train_s, 0.0),
                          "source": str(f.parent)})
-    return pd.DataFrame(rows, columns=["signature", "device", "steps_per_second", "overhead_s", "source"])
+    return pd.DataFrame(rows, columns=["signature", "method", "device", "steps_per_second", "overhead_s", "source"])
 
 
-THROUGHPUT = "benchmarks/throughput.csv"  # committed: measured steps/s per speed signature and device
+THROUGHPUT = "benchmarks/throughput.csv"  # committed: measured steps/s per speed signature, method and device
 
 
 def throughput(roots: list[Path]) -> pd.DataFrame:
-    """Per speed signature and device: the median steps/s and time outside the training loop over
-    the finished runs under ``roots`` (what ``softrepro throughput`` writes to THROUGHPUT)."""
-    return (measured(roots).groupby(["signature", "device"])
+    """Per speed signature, method and device: the median steps/s and time outside the training loop
+    over the finished runs under ``roots`` (what ``softrepro throughput`` writes to THROUGHPUT)."""
+    return (measured(roots).groupby(["signature", "method", "device"])
             .agg(steps_per_second=("steps_per_second", "median"), overhead_s=("overhead_s", "median"),
                  runs=("source", "count")).reset_index())
 
@@ -58,8 +68,11 @@ def expected_seconds(resolved: dict, seeds: int, table: pd.DataFrame | None, dev
         return 0.0
     if table is not None and len(table):
         hit = table[(table["signature"] == signature(resolved)) & (table["device"] == device)]
+        if "method" in hit:  # the same method where measured, else the median over the signature's methods
+            same = hit[hit["method"] == method(resolved)]
+            hit = same if len(same) else hit
         if len(hit):
-            return seeds * (resolved["steps"] / float(hit["steps_per_second"].iloc[0]) + float(hit["overhead_s"].iloc[0]))
+            return seeds * (resolved["steps"] / float(hit["steps_per_second"].median()) + float(hit["overhead_s"].median()))
     return seeds * resolved["steps"] * resolved.get("batch_size", 1) * 2e-5
 
 

@@ -259,10 +259,8 @@ def mean_ci(values: pd.Series) -> str:
     v = values.dropna().astype(float) * 100
     if len(v) < 2:
         return fmt(v.mean(), 3) if len(v) else ""
-    from scipy import stats
-
-    h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5
-    return f"{v.mean():.1f} [{v.mean() - h:.1f}, {v.mean() + h:.1f}]"
+    lo, hi = figures.t_interval(v)
+    return f"{v.mean():.1f} [{lo:.1f}, {hi:.1f}]"
 
 
 def ood_tables(res: Results, pid: str) -> list[str]:
