@@ -305,3 +305,19 @@ def test_pools_group_runs_of_equal_cost_and_a_changed_run_renames_its_pool():
     renamed = make_pools(["a", "b2", "c"], {**cfgs, "b2": same}, 4)
     assert renamed[0].id != pools[0].id
     assert [p.keys for p in make_pools(["a", "b", "c"], cfgs, 1)] == [("a",), ("b",), ("c",)]
+
+
+def test_pools_stop_at_the_scales_expected_seconds():
+    from softrepro.plan import build, make_pools
+
+    same = {"kind": "train", "dataset": "d", "model": {"name": "mlp"}, "steps": 10}
+    cfgs = {k: same for k in "abcde"}
+    secs = {"a": 40, "b": 40, "c": 40, "d": 100, "e": 10}
+    pools = make_pools(list("abcde"), cfgs, 4, seconds=secs.get, cap=90)
+    assert [p.keys for p in pools] == [("a", "b"), ("c",), ("d",), ("e",)]  # a run longer than the cap is alone
+    assert [p.keys for p in make_pools(list("abcde"), cfgs, 4)] == [tuple("abcd"), ("e",)]  # no cap: by count only
+    plan = build("cpu", "all", REPO)
+    assert plan.scale.pool_seconds
+    for pool in plan.pools:
+        if len(pool.keys) > 1:
+            assert plan.pool_seconds(pool.id) <= plan.scale.pool_seconds

@@ -104,6 +104,26 @@ def test_comparison_with_direction_and_unknown_pair_is_judged_on_direction():
     assert judge(claim, A, A + gap).verdict == "not reproduced"
 
 
+
+# --- parity ("a matches b") ---------------------------------------------------------------------
+PARITY = {"id": "p", "kind": "parity", "unit": "nats", "tolerance": {"abs": 0.05}}
+
+
+@pytest.mark.parametrize("level, inside, outside", [("faithful", "reproduced", "not reproduced"),
+                                                    ("stand-in", "consistent", "contradicts")])
+def test_parity_cells(level, inside, outside):
+    b = np.array([1.50, 1.52, 1.49, 1.51])
+    assert judge(PARITY, b + [0.01, -0.01, 0.0, 0.005], b, level=level).verdict == inside
+    assert judge(PARITY, b + [0.20, 0.22, 0.19, 0.21], b, level=level).verdict == outside
+    assert judge(PARITY, b - [0.20, 0.22, 0.19, 0.21], b, level=level).verdict == outside
+    # a CI that reaches past the margin: neither a match nor a mismatch
+    assert judge(PARITY, b + [0.0, 0.1, -0.05, 0.06], b, level=level).verdict == "inconclusive"
+
+
+def test_parity_can_fail_and_says_how():
+    can, text = refutation(PARITY, "stand-in", 3)
+    assert can and "wholly outside [-0.05, 0.05] nats" in text and text.startswith("contradicts")
+
 # --- ratios -------------------------------------------------------------------------------------
 
 def test_ratio_faithful_cells():

@@ -42,6 +42,8 @@ def load_runs(metrics_files: list[str | Path]) -> pd.DataFrame:
 
 def _printed(claim: dict) -> str:
     pub = claim.get("published")
+    if claim["kind"] == "parity":  # no number: the paper says the two match; the margin is the spec's
+        return f"a matches b (margin ±{claim['tolerance']['abs']:g})"
     if isinstance(pub, dict):
         return f"a={pub.get('a', 'unknown')}, b={pub.get('b', 'unknown')}".replace("None", "unknown")
     return "unknown" if pub is None else str(pub)
@@ -54,12 +56,15 @@ def _step_logs(steps_csv, paper: Paper, exp: str, seeds) -> dict[int, pd.DataFra
 def _threshold(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, budget: int, steps_csv, level: str, min_seeds: int):
     """Per seed, the first logged step at which the claim's column reaches its level (from steps.csv)."""
     log = claim["log"]
-    first = []
+    first, last = [], []
     for seed, steps in _step_logs(steps_csv, paper, exp, sel["seed"]).items():
         if log["column"] not in steps:
             raise KeyError(f"{paper.path}: claim {claim['id']!r}: the step log of {exp} has no column {log['column']!r}")
         rows = steps.dropna(subset=[log["column"]])
         first.append(first_step(rows["step"], rows[log["column"]], log.get("at_least"), log.get("at_most")))
+        last.append(int(steps["step"].max()) if len(steps) else 0)
+    if budget is None:  # a benchmark that logs its own steps: its runs lasted as long as their logs
+        budget = min(last, default=0)
     return judge_threshold(claim, first, budget, level=level, min_seeds=min_seeds), sorted(sel["seed"])
 
 
@@ -132,7 +137,7 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None,
                 missing = "; ".join(f"{e} seed {int(r.seed)}: not run ({r.reason})" for e, r in
                                     zip(not_run["experiment"], not_run.itertuples()))
                 sel = sel[sel["status"] == "ok"]
-            budget = resolved[exps[0]].get("steps")
+            budget = resolved[exps[0]].get("steps") or (resolved[exps[0]].get("benchmark") or {}).get("steps")
             if claim["kind"] == "threshold":
                 j, seeds = _threshold(claim, paper, exps[0], sel, budget, steps_csv, level, scale.min_seeds)
             elif "up_to" in claim:
@@ -165,7 +170,7 @@ def _finish_row(row: dict, claim: dict, scale) -> dict:
 
 def report_context(papers: list[Paper], scale, config) -> dict:
     """What the report needs from the specs, resolved at this scale (papers.json)."""
-    from softrepro.registry import BENCHMARKS
+    from softrepro.registry import BENCHMARKS, TASKS
 
     out = {"scale": {"name": scale.name, "description": scale.description, "seeds": list(scale.seeds),
                      "evidence": scale.evidence, "min_seeds": scale.min_seeds}, "papers": {}}
@@ -174,8 +179,10 @@ def report_context(papers: list[Paper], scale, config) -> dict:
         exps = {}
         for name in paper.experiments:
             r = config(paper.id, name)
-            if r["kind"] == "train":
-                figure = {"kind": "training"}
+            if r["kind"] == "train":  # the training curves, and the figures a registered task declares
+                task = r.get("task", "classification")
+                extra = getattr(TASKS.get(task), "figures", []) if task in TASKS else []
+                figure = [{"kind": "training"}, *extra] if extra else {"kind": "training"}
             else:  # a benchmark that never runs here (skipped) may not even be registered
                 bench = r["benchmark"]["name"]
                 figure = getattr(BENCHMARKS.get(bench), "figure", None) if bench in BENCHMARKS else None

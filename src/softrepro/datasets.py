@@ -103,7 +103,24 @@ def load_text(name: str, cfg: dict, data: Path, seed: int, params: dict) -> dict
     index = {c: i for i, c in enumerate(vocab)}
     ids = np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text))
     cut = int(len(ids) * float(params.get("train_fraction", cfg.get("train_fraction", 0.9))))
-    return {"train": ids[:cut], "test": ids[cut:], "vocab": vocab}
+    if "context" not in params:
+        return {"train": ids[:cut], "test": ids[cut:], "vocab": vocab}
+    return {**lm_windows(ids[:cut], ids[cut:], int(params["context"]), params.get("eval_tokens")), "n_outputs": len(vocab),
+            "vocab": vocab}
+
+
+def lm_windows(train: np.ndarray, test: np.ndarray, context: int, eval_tokens: int | None = None) -> dict:
+    """Next-token data from two id streams (``data: {context: T[, eval_tokens: N]}``): the training
+    split as non-overlapping windows, inputs ``[N, T]`` and the same shifted by one as targets; the
+    validation split as one row, its first ``eval_tokens`` + 1 ids (all of it by default), inputs and
+    shifted targets ``[1, N]``, which a language-model task cuts into windows of any length."""
+    n = (len(train) - 1) // context
+    if n < 1:
+        raise ValueError(f"a training text of {len(train)} tokens has no window of context {context} + 1")
+    x = train[: n * context].reshape(n, context)
+    y = train[1 : n * context + 1].reshape(n, context)
+    m = len(test) - 1 if eval_tokens is None else min(int(eval_tokens), len(test) - 1)
+    return {"train": (x, y), "test": (test[None, :m], test[None, 1 : m + 1])}
 
 
 # ----------------------------------------------------------------------------- preparation

@@ -6,6 +6,8 @@ paper's own optimizer registers beside them in its method module).  ``SCHEDULES`
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from softrepro.registry import OPTIMIZERS, SCHEDULES
@@ -45,3 +47,22 @@ def step(opt, steps: int, step_size: int | None = None, milestones: list[int] | 
     if milestones is None:
         raise ValueError("schedule 'step' needs step_size or milestones")
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma)
+
+
+@SCHEDULES.register("warmup")
+def warmup(opt, steps: int, warmup: int, then: str = "cosine", start: float = 0.0, final: float = 0.0):
+    """Linear warm-up from the learning rate ``start`` to the optimizer's lr over ``warmup`` steps,
+    then ``cosine`` decay to ``final`` at the last step, or ``constant``."""
+    if then not in ("cosine", "constant"):
+        raise ValueError(f"schedule 'warmup': then must be 'cosine' or 'constant', not {then!r}")
+    base = opt.param_groups[0]["lr"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (start + (base - start) * step / warmup) / base
+        if then == "constant":
+            return 1.0
+        t = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return (final + (base - final) * 0.5 * (1 + math.cos(math.pi * t))) / base
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -9,7 +9,8 @@ description and deviations (paths: ``layout.Layout``).
 
 A *pool* is what one process (one Snakemake job) computes: up to the scale's
 ``configs_per_job`` runs of equal cost (``pool_signature``: same data, model, batch size,
-steps and evaluation), each for all of the scale's seeds (or a chunk of ``seeds_per_job``).
+steps and evaluation) and at most its ``pool_seconds`` expected seconds, each for all of the
+scale's seeds (or a chunk of ``seeds_per_job``).
 Starting Python and importing torch costs about 3 s a process; a pool pays it once for
 all its runs.  A benchmark is a pool of its own (it takes every core).
 """
@@ -54,8 +55,10 @@ def pool_signature(resolved: dict) -> str:
     return signature(resolved) + json.dumps(extra, sort_keys=True, default=str) + ",".join(experiment_datasets(resolved))
 
 
-def make_pools(keys: list[str], configs: dict[str, dict], per_job: int) -> list[Pool]:
-    """Group run keys (in plan order) by ``pool_signature`` into pools of at most ``per_job``."""
+def make_pools(keys: list[str], configs: dict[str, dict], per_job: int, seconds=None, cap: float | None = None) -> list[Pool]:
+    """Group run keys (in plan order) by ``pool_signature`` into pools of at most ``per_job``, and,
+    given each run's expected ``seconds(key)``, of at most ``cap`` expected seconds (a run longer than
+    that is a pool of its own): short pools keep the end of a run from leaving cores idle."""
     groups: dict[str, list[str]] = {}
     for key in keys:
         cfg = configs[key]
@@ -63,8 +66,16 @@ def make_pools(keys: list[str], configs: dict[str, dict], per_job: int) -> list[
         groups.setdefault(sig, []).append(key)
     pools = []
     for members in groups.values():
-        for i in range(0, len(members), max(per_job, 1)):
-            chunk = tuple(members[i : i + per_job])
+        chunks, chunk, total = [], [], 0.0
+        for key in members:
+            s = seconds(key) if seconds and cap else 0.0
+            if chunk and (len(chunk) >= max(per_job, 1) or (cap and total + s > cap)):
+                chunks.append(chunk)
+                chunk, total = [], 0.0
+            chunk.append(key)
+            total += s
+        chunks.append(chunk)
+        for chunk in map(tuple, chunks):
             pid = chunk[0] if len(chunk) == 1 else "p" + hashlib.sha1(",".join(chunk).encode()).hexdigest()[:11]
             pools.append(Pool(pid, chunk, configs[chunk[0]]["kind"]))
     order = {k: i for i, k in enumerate(keys)}
@@ -79,8 +90,22 @@ class Plan:
     results: str = "results"
     seeds_per_job: int = 0  # 0: all seeds of a run in one job
     configs: dict = None  # (paper, experiment) -> the experiment resolved at this scale, computed once
-    pools: list = None  # list[Pool]: what each training process computes
     root: Path | None = None  # the checkout (for its committed throughput table)
+
+    @cached_property
+    def pools(self) -> list[Pool]:
+        """What each training process computes (``make_pools``), capped at the scale's ``pool_seconds``
+        expected seconds a pool; computed when first asked for (a link job never needs them)."""
+        keys = self.keys()
+        configs = {k: self.config(self.owner(k).paper, self.owner(k).experiment) for k in keys}
+        seeds = len(self.batch(self.scale.seeds[0]))
+        return make_pools(keys, configs, self.scale.configs_per_job, lambda k: self.run_seconds(k, seeds), self.scale.pool_seconds)
+
+    def run_seconds(self, key: str, seeds: int) -> float:
+        """Run ``key``'s expected seconds for ``seeds`` seeds, from the committed throughput table."""
+        from softrepro.estimate import expected_seconds
+
+        return expected_seconds(self.computing(key), seeds, self.throughput, "cuda" if self.scale.gpu else "cpu")
 
     def config(self, paper: str, experiment: str) -> dict:
         """The experiment as run at this scale (resolved once, when the plan was built)."""
@@ -143,12 +168,8 @@ class Plan:
         """The expected seconds of one job of pool ``pid`` (all its runs and seeds), from the committed
         throughput table: the DAG starts the longest jobs first, so that no long job is left to run
         alone on one core at the end."""
-        from softrepro.estimate import expected_seconds
-
-        pool = self.pool(pid)
         seeds = len(self.batch(self.scale.seeds[0]))
-        device = "cuda" if self.scale.gpu else "cpu"
-        return sum(expected_seconds(self.computing(k), seeds, self.throughput, device) for k in pool.keys)
+        return sum(self.run_seconds(k, seeds) for k in self.pool(pid).keys)
 
     @cached_property
     def throughput(self):
@@ -187,8 +208,4 @@ def build(scale: str, papers="all", root: Path | None = None, results: str = "re
             for seed in sc.seeds:
                 jobs.append(Job(paper.id, name, seed, resolved["kind"], resolved.get("dataset"), resolved.get("skip"), key, inputs,
                                 teacher))
-    plan = Plan(sc, specs, jobs, results, seeds_per_job, configs, root=root)
-    keys = plan.keys()
-    plan.pools = make_pools(keys, {k: plan.config(plan.owner(k).paper, plan.owner(k).experiment) for k in keys},
-                            sc.configs_per_job)
-    return plan
+    return Plan(sc, specs, jobs, results, seeds_per_job, configs, root=root)

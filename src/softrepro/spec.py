@@ -101,6 +101,7 @@ class Scale:
     min_seeds: int = 3
     gpu: bool = False
     configs_per_job: int = 1
+    pool_seconds: float | None = None  # a pool's expected seconds at most this (benchmarks/throughput.csv)
 
 
 # How close a run is to the paper, from the closest to the farthest.  Each deviation of an
@@ -179,6 +180,11 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
     path = Path(path)
     doc = _load_yaml(path)
     schema = _schema(str(root), "paper")
+    exps = doc.get("experiments") if isinstance(doc, dict) else None
+    if isinstance(exps, dict):  # an experiment on a shared protocol is checked as merged with it (it may override part of a key)
+        doc["experiments"] = {name: apply_protocol(load_protocol(exp["protocol"], root, path, f"experiments.{name}"), exp)
+                              if isinstance(exp, dict) and isinstance(exp.get("protocol"), str) else exp
+                              for name, exp in exps.items()}
     validate(doc, schema, path)
     if doc["id"] != path.stem:
         raise SpecError(path, "id", f"{doc['id']!r} does not match the file name {path.stem!r}")
@@ -186,8 +192,6 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
     exp_schema = {**schema["$defs"]["experiment"], "$defs": schema["$defs"]}
     expanded = {}
     for name, exp in doc["experiments"].items():
-        if "protocol" in exp:
-            exp = apply_protocol(load_protocol(exp["protocol"], root, path, f"experiments.{name}"), exp)
         for sub_name, sub in expand_matrix(name, exp, path).items():
             if sub_name in expanded or (sub_name != name and sub_name in doc["experiments"]):
                 raise SpecError(path, f"experiments.{name}.matrix", f"expands to {sub_name!r}, which already exists")

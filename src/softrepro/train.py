@@ -351,6 +351,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         for hooked in progress_hooks:  # e.g. a loss weight or a temperature that follows training progress
             hooked.set_progress(step, steps)
         out = model(xb)
+        if out.dim() == 3:  # a sequence model: every position is one prediction
+            out, yb = out.flatten(0, 1), yb.flatten()
         loss = loss_fn(out, yb, model) if teacher is None else loss_fn(out, yb, model, teacher=teacher[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -369,6 +371,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             row = {"step": done, "train_loss": float(win_loss) / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:
                 row.update(train_accuracy=float(win_acc) / win_n, train_sc_fraction=softmax_collapse_fraction(out, precision=loss_bits))
+            if hasattr(model, "log_stats"):  # a model's own measures of its last training batch (e.g. attention logits)
+                row.update(model.log_stats())
             if evaluate_now:
                 ev = evaluate_task(task, model, loss_fn, xte, yte)
                 row.update({k: v for k, v in ev.items() if k in ("test_accuracy", "test_loss") or not classify})

@@ -26,6 +26,9 @@ comparison, ratio  *not reproduced*: the CI lies on the wrong   *consistent*: th
 comparison,        *reproduced*: the CI on the paper's side;    as above
 qualitative        *not reproduced*: on the other side; else
 (direction only)   *inconclusive*
+parity ("a         *reproduced*: the CI of a - b lies inside    *consistent*: inside the margin;
+matches b")        the margin +-m; *not reproduced*: wholly     *contradicts*: wholly outside it;
+                   outside it; else *inconclusive*              else *inconclusive*
 threshold          reached: *reproduced* when every seed        reached: *consistent* when every
 (a curve reaching  reaches the level by the printed step        seed reaches it by the printed
 a level)           (or within the run), *direction holds* when  step, *contradicts* when no seed
@@ -94,7 +97,7 @@ def half_width(published: float, tolerance: dict) -> float:
 class Test:
     """What a claim's statistic is compared with: a published value (``null`` None), or a
     difference (null 0) / ratio (null 1) on one ``side`` of the null, within an optional band."""
-    stat: str            # "value" | "difference" | "ratio"
+    stat: str            # "value" | "difference" | "ratio" | "parity"
     published: float     # the published value, difference or ratio (nan when unknown)
     band: tuple[float, float] | None
     null: float | None = None
@@ -102,11 +105,15 @@ class Test:
 
     @property
     def label(self) -> str:
-        return {"value": "the mean", "difference": "the paired difference a - b", "ratio": "the ratio"}[self.stat]
+        return {"value": "the mean", "difference": "the paired difference a - b", "ratio": "the ratio",
+                "parity": "the paired difference a - b"}[self.stat]
 
 
 def claim_test(claim: dict) -> Test:
     kind, pub = claim["kind"], claim.get("published")
+    if kind == "parity":  # "a matches b": the paired difference within +-margin (an equivalence test)
+        m = claim["tolerance"]["abs"]
+        return Test("parity", 0.0, (-m, m), null=0.0)
     if kind == "value" or (kind == "ratio" and pub is None):
         band = None if pub is None else (pub - half_width(pub, claim["tolerance"]), pub + half_width(pub, claim["tolerance"]))
         return Test("value", NAN if pub is None else float(pub), band)
@@ -152,6 +159,14 @@ def decide(test: Test, s: Summary, level: str, min_seeds: int, deterministic: bo
         if s.ci_high < lo or s.ci_low > hi:
             return "not reproduced", f"the 95 % CI excludes the tolerance band [{_fmt(lo)}, {_fmt(hi)}]"
         return "inconclusive", "mean outside the tolerance band but the CI overlaps it"
+    if test.stat == "parity":
+        lo, hi = test.band
+        inside, outside = lo <= s.ci_low and s.ci_high <= hi, s.ci_low > hi or s.ci_high < lo
+        if inside:
+            return ("reproduced" if faithful else "consistent"), f"the 95 % CI lies inside the margin [{_fmt(lo)}, {_fmt(hi)}]"
+        if outside:
+            return ("not reproduced" if faithful else "contradicts"), f"the 95 % CI lies outside the margin [{_fmt(lo)}, {_fmt(hi)}]"
+        return "inconclusive", f"the 95 % CI straddles the margin [{_fmt(lo)}, {_fmt(hi)}]"
     right = s.ci_low > test.null if test.side > 0 else s.ci_high < test.null
     wrong = s.ci_high < test.null if test.side > 0 else s.ci_low > test.null
     if not faithful:
@@ -326,6 +341,8 @@ def refutation(claim: dict, level: str, min_seeds: int, budget: int | None = Non
         if test.band is None:
             return False, "cannot fail: the published value is unknown, so the reproduced number is shown for reference only"
         return True, f"not reproduced if the 95 % CI of {claim_metric_name(claim)} lies outside {_band(test.band, unit)}{seeds}"
+    if test.stat == "parity":
+        return True, f"{word} if the 95 % CI of the paired difference a - b lies wholly outside {_band(test.band, unit)}{seeds}"
     what = "the paired difference a - b" if test.stat == "difference" else "the ratio"
     unit = "pp" if claim["unit"] == "percent" and test.stat == "difference" else unit
     wrong = "below" if test.side > 0 else "above"

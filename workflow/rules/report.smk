@@ -23,6 +23,9 @@ rule aggregate:
 rule report:
     input:
         rules.aggregate.output,
+        # the runs' link markers too: a report older than them is stale even when an aggregation that
+        # failed left no claims.csv behind (Snakemake does not rerun a job for a missing intermediate file)
+        linked=rules.aggregate.input.linked,
         notebook="report/report.ipynb",
     output:
         html=LAYOUT.file("report.html"),

@@ -160,7 +160,57 @@ def sweep(data: pd.DataFrame, metrics=(), spec: dict | None = None):
     return fig
 
 
-EXPERIMENT_FIGURES = {"training": training, "sweep": sweep}
+def final_metrics(out: Path, paper: str, exp: str) -> pd.DataFrame:
+    """Every seed's final metrics of one experiment (metrics.json), one row per seed."""
+    rows = []
+    for f in sorted((out / "runs" / paper / exp).glob("seed*/metrics.json")):
+        rec = json.loads(f.read_text())
+        if rec.get("status") == "ok":
+            rows.append({**rec.get("metrics", {}), "seed": f.parent.name, "experiment": exp})
+    return pd.DataFrame(rows)
+
+
+def columns(data: pd.DataFrame, metrics=(), spec: dict | None = None):
+    """Final metrics named by a pattern with one number in it (``pattern``, e.g. ``test_loss_x(\\d+)$``)
+    drawn against that number, one line per experiment, mean and t 95 % CI over seeds."""
+    spec = spec or {}
+    import re
+
+    pat = re.compile(spec["pattern"])
+    cols = {c: float(m.group(1)) for c in data for m in [pat.fullmatch(c)] if m}
+    if not cols:
+        return None
+    long = data.melt(id_vars=["experiment", "seed"], value_vars=list(cols), var_name="col", value_name="y")
+    long["x"] = long["col"].map(cols)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    sns.lineplot(data=long, x="x", y="y", hue="experiment", errorbar=t_interval, marker="o", ms=3, ax=ax)
+    if spec.get("log_x"):
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(spec.get("xlabel", "x"))
+    ax.set_ylabel(spec.get("ylabel", "value"))
+    ax.set_title(spec.get("title", ""), fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curves(data: pd.DataFrame, metrics=(), spec: dict | None = None):
+    """Logged columns against the step, one panel per column of ``columns`` (those a run logged),
+    one line per experiment, mean and t 95 % CI over seeds."""
+    spec = spec or {}
+    cols = [c for c in spec["columns"] if c in data and data[c].notna().any()]
+    if not cols or "step" not in data:
+        return None
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.3), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        sns.lineplot(data=data.dropna(subset=[col]), x="step", y=col, hue="experiment", errorbar=t_interval, ax=ax)
+        ax.set_title(col.replace("_", " "), fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT_FIGURES = {"training": training, "sweep": sweep, "columns": columns, "curves": curves}
 
 
 def threshold(data: pd.DataFrame, claim_id: str, claim: dict, verdict: str):

@@ -78,7 +78,7 @@ def reproduced_cell(r) -> str:
     if pd.isna(r.reproduced_mean):
         return "&mdash;"
     ci = "" if pd.isna(r.ci_low) else f" [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
-    lab = "&Delta;(a&minus;b) " if r.kind in ("comparison", "qualitative") else "first step " if r.kind == "threshold" else ""
+    lab = "&Delta;(a&minus;b) " if r.kind in ("comparison", "qualitative", "parity") else "first step " if r.kind == "threshold" else ""
     return f"{lab}{fmt(r.reproduced_mean)}{ci} (n={int(r.n)})"
 
 
@@ -208,9 +208,11 @@ def paper(res: Results, pid: str) -> list:
             items.append(figures.up_to(curve, r.claim, claim["up_to"]["over"], r.published, r.verdict))
     by_kind: dict[str, list] = {}
     for e, d in data.items():
-        spec = doc["experiments"][e]["figure"]
-        if spec and len(d):
-            by_kind.setdefault(json.dumps(spec, sort_keys=True), []).append(d)
+        specs = doc["experiments"][e]["figure"] or []
+        for spec in specs if isinstance(specs, list) else [specs]:  # an experiment may declare several
+            frame = figures.final_metrics(res.out, pid, e) if spec.get("source") == "metrics" else d
+            if len(frame):
+                by_kind.setdefault(json.dumps(spec, sort_keys=True), []).append(frame)
     metrics = list(dict.fromkeys(m for r in pc.itertuples() for m in str(r.metric).split(" vs ")))
     for spec, frames in by_kind.items():
         spec = json.loads(spec)

@@ -1,0 +1,208 @@
+"""A small pre-LN character-level decoder (RoPE, no biases) whose attention normalisation comes from
+``normalisations``, and the ``lm`` task that evaluates it at 1x to 16x its training context.
+
+The model keeps measures of its last training batch (max attention logit and head entropy per
+layer, the output log-partition function), which the training loop logs (``log_stats``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softrepro.methods.attention import normalisations
+from softrepro.registry import MODELS, TASKS
+
+
+def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding of [..., T, d] (pairs (i, i + d/2) rotated by position x theta^(-2i/d))."""
+    t, d = x.shape[-2], x.shape[-1]
+    half = d // 2
+    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    ang = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * freqs[None]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a pluggable normalisation.
+
+    ``qk_norm``: None; ``"layernorm"`` (LayerNorm of q and k over the head dimension, parameters shared
+    across heads, no bias, eps 1e-6, then the usual 1/sqrt(d_h): Wortsman et al. 2023, sec. 3.1.2);
+    ``"l2"`` (QKNorm: q and k L2-normalised, logits g·q̂·k̂ with one learnable g per layer from
+    g0 = log2(L² - L), L the training context: Henry et al. 2020, CyndxAI/QKNorm ``layers.py``)."""
+
+    def __init__(self, d: int, heads: int, context: int, attention, qk_norm: str | None, rope_theta: float | None,
+                 causal: bool = True, swap_to=None):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"model width {d} is not a multiple of heads {heads}")
+        self.heads, self.dh, self.causal, self.rope_theta = heads, d // heads, causal, rope_theta
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.norm = normalisations.make(attention, heads)
+        self.norm_after = normalisations.make(swap_to, heads) if swap_to is not None else None  # see Decoder's swap
+        self.swapped = False
+        if qk_norm not in (None, "layernorm", "l2"):
+            raise ValueError(f"qk_norm must be null, 'layernorm' or 'l2', not {qk_norm!r}")
+        self.qk_norm = qk_norm
+        if qk_norm == "layernorm":
+            self.q_ln = nn.LayerNorm(self.dh, eps=1e-6, bias=False)
+            self.k_ln = nn.LayerNorm(self.dh, eps=1e-6, bias=False)
+        if qk_norm == "l2":
+            self.g = nn.Parameter(torch.tensor(math.log2(context**2 - context)))
+        self.stats: dict | None = None
+
+    def logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if self.qk_norm == "layernorm":
+            q, k = self.q_ln(q), self.k_ln(k)
+        if self.rope_theta:
+            q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+        if self.qk_norm == "l2":
+            return self.g * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
+        return q @ k.transpose(-1, -2) / math.sqrt(self.dh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
+        z = self.logits(q, k)
+        mask, n = normalisations.attended(t, causal=self.causal, device=x.device)
+        w = (self.norm_after if self.swapped else self.norm)(z, mask, n.to(z.dtype))
+        if self.training:  # measures of this batch, for the step log (no gradient, no sync)
+            with torch.no_grad():
+                self.stats = {"logit_max": z.detach().masked_fill(~mask, float("-inf")).amax(),
+                              "entropy": normalisations.row_entropy(w.detach(), mask).mean((0, 2))}  # per head
+        return self.proj((w @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, context: int, mlp_ratio: int, attention, qk_norm, rope_theta, layer_norm: bool,
+                 causal: bool = True, swap_to=None):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d, bias=False) if layer_norm else nn.Identity()
+        self.ln2 = nn.LayerNorm(d, bias=False) if layer_norm else nn.Identity()
+        self.attn = Attention(d, heads, context, attention, qk_norm, rope_theta, causal, swap_to)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d, bias=False), nn.GELU(), nn.Linear(mlp_ratio * d, d, bias=False))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Decoder(nn.Module):
+    """Character-level decoder: token embedding, ``layers`` pre-LN blocks (RoPE, no biases), a final
+    LayerNorm and an untied output layer; weights N(0, ``init_std``) (GPT-2's 0.02), residual
+    output projections scaled by 1/sqrt(2 x layers).  ``in_shape`` = (training context,).
+
+    ``swap: {at: f, attention: {...}}`` replaces every layer's normalisation by another one from the
+    fraction f of the training steps on, and keeps it for evaluation (Nakanishi 2025's switch from
+    Softmax to SSMax during pretraining)."""
+
+    def __init__(self, in_shape, n_classes: int, d: int = 64, layers: int = 2, heads: int = 4, mlp_ratio: int = 4,
+                 attention: dict | str = "softmax", qk_norm: str | None = None, rope_theta: float = 10000.0,
+                 layer_norm: bool = True, init_std: float = 0.02, swap: dict | None = None):
+        super().__init__()
+        self.context = int(in_shape[0])
+        if swap is not None and (set(swap) != {"at", "attention"} or not 0 < float(swap["at"]) < 1):
+            raise ValueError(f"decoder swap must be {{at: a fraction in (0, 1), attention: {{...}}}}, not {swap!r}")
+        self.swap_at = None if swap is None else float(swap["at"])
+        self.embed = nn.Embedding(n_classes, d)
+        self.blocks = nn.ModuleList(Block(d, heads, self.context, mlp_ratio, attention, qk_norm, rope_theta, layer_norm,
+                                          swap_to=None if swap is None else swap["attention"])
+                                    for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d, bias=False) if layer_norm else nn.Identity()
+        self.head = nn.Linear(d, n_classes, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = init_std / math.sqrt(2 * layers) if name.endswith(("proj.weight", "mlp.2.weight")) else init_std
+                nn.init.normal_(p, 0.0, std)
+        self._log_z = None
+
+    def set_progress(self, step: int, steps: int) -> None:
+        """Called by the training loop before each step: the swap happens at ``swap.at`` x steps."""
+        if self.swap_at is not None:
+            for block in self.blocks:
+                block.attn.swapped = step >= self.swap_at * steps
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        out = self.head(self.ln_f(x))
+        if self.training:
+            self._log_z = out.detach().logsumexp(-1).mean()
+        return out
+
+    def log_stats(self) -> dict:
+        """The last training batch's max attention logit and mean head entropy per layer, the lowest
+        head entropy of all layers, and the mean log Z of the output logits."""
+        out = {}
+        if self._log_z is None:
+            return out
+        lowest = math.inf
+        for i, block in enumerate(self.blocks):
+            s = block.attn.stats
+            ent = s["entropy"].float().cpu()
+            out[f"attn_logit_max_l{i}"] = float(s["logit_max"])
+            out[f"attn_entropy_mean_l{i}"] = float(ent.mean())
+            lowest = min(lowest, float(ent.min()))
+        out["attn_entropy_min"] = lowest
+        out["output_log_z"] = float(self._log_z)
+        return out
+
+
+MODELS.register("decoder", forwards_to=Decoder)(Decoder)
+
+MULTIPLES = (1, 2, 4, 8, 16)
+
+
+@torch.no_grad()
+def lm_losses(model: Decoder, x: torch.Tensor, y: torch.Tensor, multiples=MULTIPLES, tokens_per_batch: int = 16384) -> dict:
+    """Next-token cross-entropy (nats per character) on the validation stream ``x`` -> ``y`` ([1, N])
+    cut into windows of m x the training context, for each m of ``multiples``; the same tokens for
+    every m (the first N rounded down to the longest window).  ``test_loss_x{m}``: over all positions;
+    ``test_loss_x{m}_beyond``: over the positions past the training context (m > 1)."""
+    ctx = model.context
+    span = (x.shape[1] // (ctx * max(multiples))) * ctx * max(multiples)
+    if span == 0:
+        raise ValueError(f"the validation text ({x.shape[1]} tokens) is shorter than {max(multiples)} x the context {ctx}")
+    out = {}
+    for m in multiples:
+        length = m * ctx
+        xs, ys = x[0, :span].view(-1, length), y[0, :span].view(-1, length)
+        per_pos = torch.zeros(length, dtype=torch.float64, device=x.device)
+        step = max(1, tokens_per_batch // length)
+        for i in range(0, len(xs), step):
+            logits = model(xs[i : i + step])
+            per_pos += F.cross_entropy(logits.flatten(0, 1).float(), ys[i : i + step].flatten(), reduction="none"
+                                       ).view(-1, length).double().sum(0)
+        per_pos /= len(xs)
+        out[f"test_loss_x{m}"] = float(per_pos.mean())
+        if m > 1:
+            out[f"test_loss_x{m}_beyond"] = float(per_pos[ctx:].mean())
+    return out
+
+
+@TASKS.register("lm")
+def evaluate_lm(model, loss_fn, x, y, final: bool = False) -> dict:
+    """Validation loss at the training context during training; at the end, at 1x to 16x it, whether
+    the run diverged (a non-finite loss), and the model's last training-batch measures (``final_``)."""
+    out = lm_losses(model, x, y, MULTIPLES if final else (1,))
+    out["test_loss"] = out["test_loss_x1"]
+    if final:
+        out["diverged"] = float(not math.isfinite(out["test_loss"]))
+        out.update({f"final_{k}": v for k, v in model.log_stats().items()})
+    return out
+
+
+# The report draws, beside the training curves, the loss against the evaluation context and the
+# attention measures logged during training.
+evaluate_lm.figures = [
+    {"kind": "columns", "source": "metrics", "pattern": r"test_loss_x(\d+)", "log_x": True,
+     "xlabel": "evaluation context / training context", "ylabel": "validation loss (nats/char)",
+     "title": "loss against context length (mean over seeds, t 95 % CI)"},
+    {"kind": "curves", "columns": ["attn_logit_max_l0", "attn_entropy_min", "output_log_z"]},
+]

@@ -1,0 +1,111 @@
+"""Attention normalisations: what turns the logits z = q·k of one head into the weights that mix
+the values.  Each takes the logits ``z`` [B, H, T, S], a boolean ``mask`` [T, S] (True where query i
+may attend to key j) and ``n`` [T, 1], the number of keys each query attends (i + 1 in a causal
+model, S without a mask), and returns weights that are 0 wherever the mask is False.
+
+Sources of the formulas (a paper's own code where one exists):
+- ``softmax``: softmax over the attended keys.
+- ``ssmax``: Scalable-Softmax, softmax(s · log n · z) with a learnable s per head (Nakanishi 2025,
+  eq. 2); n is the number of attended keys, so per position in a causal model.
+- ``sigmoid``: sigmoid(z + b) without normalisation, b a fixed scalar or -log n (Ramapuram et al.
+  2025; apple/ml-sigmoid-attention ``unnormalized_sigmoid_attention`` and the ``attn_bias`` of its
+  configs).
+- ``relu``: n^-alpha · h(z) with h one of relu, relu², gelu, softplus, sigmoid (Wortsman et al. 2023,
+  "Replacing softmax with ReLU in Vision Transformers": "relu/seqlen" at alpha = 1).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Softmax(nn.Module):
+    def forward(self, z, mask, n):
+        return z.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+class ScalableSoftmax(nn.Module):
+    """softmax(s · log n · z); ``s`` learnable per head from ``s_init``."""
+
+    def __init__(self, heads: int, s_init: float = 0.43, learnable: bool = True):
+        super().__init__()
+        s = torch.full((heads, 1, 1), float(s_init))
+        self.s = nn.Parameter(s) if learnable else nn.Buffer(s)
+
+    def forward(self, z, mask, n):
+        return (self.s * torch.log(n) * z).masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+class Sigmoid(nn.Module):
+    """sigmoid(z + b) on the attended keys; ``bias``: a number, or ``"-log n"``."""
+
+    def __init__(self, bias: float | str = "-log n"):
+        super().__init__()
+        if isinstance(bias, str) and bias != "-log n":
+            raise ValueError(f"sigmoid attention bias must be a number or '-log n', not {bias!r}")
+        self.bias = bias
+
+    def forward(self, z, mask, n):
+        b = -torch.log(n) if self.bias == "-log n" else float(self.bias)
+        return torch.sigmoid(z + b) * mask
+
+
+POINTWISE = {"relu": F.relu, "relu2": lambda z: F.relu(z) ** 2, "gelu": F.gelu, "softplus": F.softplus,
+             "sigmoid": torch.sigmoid}
+
+
+class PointwiseOverLength(nn.Module):
+    """n^-alpha · h(z) on the attended keys."""
+
+    def __init__(self, h: str = "relu", alpha: float = 1.0):
+        super().__init__()
+        if h not in POINTWISE:
+            raise ValueError(f"unknown pointwise attention h {h!r} (known: {', '.join(POINTWISE)})")
+        self.h, self.alpha = POINTWISE[h], float(alpha)
+
+    def forward(self, z, mask, n):
+        return n ** (-self.alpha) * self.h(z) * mask
+
+
+NORMALISATIONS = {"softmax": Softmax, "ssmax": ScalableSoftmax, "sigmoid": Sigmoid, "relu": PointwiseOverLength}
+
+
+def make(cfg: dict | str, heads: int) -> nn.Module:
+    """The normalisation named by ``cfg`` (``name`` plus its parameters), with a clear error for an
+    unknown name or parameter."""
+    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
+    name = cfg.pop("name", "softmax")
+    if name not in NORMALISATIONS:
+        raise ValueError(f"unknown attention normalisation {name!r} (known: {', '.join(NORMALISATIONS)})")
+    cls = NORMALISATIONS[name]
+    try:
+        return cls(heads=heads, **cfg) if cls is ScalableSoftmax else cls(**cfg)
+    except TypeError as exc:
+        raise ValueError(f"attention normalisation {name!r}: {exc}") from None
+
+
+def attended(t: int, s: int | None = None, causal: bool = True, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [t, s], n [t, 1]): which keys each query attends, and how many (float)."""
+    s = t if s is None else s
+    mask = torch.ones(t, s, dtype=torch.bool, device=device)
+    if causal:
+        mask = torch.tril(mask, diagonal=s - t)
+    return mask, mask.sum(-1, keepdim=True).to(torch.float32)
+
+
+def row_entropy(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of weights, renormalised to sum to 1 where a normalisation does not
+    (sigmoid, relu); rows with no weight at all count as 0.  Returns [..., T]."""
+    w = w * mask
+    p = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    return -(p * torch.log(p.clamp_min(torch.finfo(w.dtype).tiny))).sum(-1)
+
+
+def softmax_max_weight(n: int, low: float = -2.0, high: float = 3.0, s: float | None = None) -> float:
+    """The largest weight for the logits (low, ..., low, high) of length n: softmax when ``s`` is None,
+    else Scalable-Softmax with scale s (closed form, as in Nakanishi 2025 Fig. 1)."""
+    gap = (high - low) * (1.0 if s is None else s * math.log(n))
+    return 1.0 / (1.0 + (n - 1) * math.exp(-gap))

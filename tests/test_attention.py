@@ -1,0 +1,212 @@
+"""Attention normalisations against their formulas, the decoder's causality and measures, and a
+language-model run through the real training loop."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from softrepro.datasets import lm_windows
+from softrepro.methods.attention import normalisations as N
+from softrepro.methods.attention.decoder import Attention, Decoder, lm_losses, rope
+from softrepro.runner import run_job
+
+T = 7
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    return 3 * torch.randn(2, 3, T, T, generator=g, dtype=torch.float64)
+
+
+def _rows(z, mask, fn):
+    """Row by row: fn(row of the attended logits, its n) -> weights; zero elsewhere."""
+    out = torch.zeros_like(z)
+    for i in range(z.shape[-2]):
+        keys = mask[i].nonzero().flatten()
+        out[..., i, keys] = fn(z[..., i, keys], len(keys))
+    return out
+
+
+def test_attended_counts_keys_per_query():
+    mask, n = N.attended(4)
+    assert mask.tolist() == [[True, False, False, False], [True, True, False, False], [True, True, True, False], [True] * 4]
+    assert n.flatten().tolist() == [1, 2, 3, 4]
+    mask, n = N.attended(3, 5, causal=False)
+    assert mask.all() and n.flatten().tolist() == [5, 5, 5]
+
+
+@pytest.mark.parametrize("cfg, row", [
+    ("softmax", lambda r, n: r.softmax(-1)),
+    ({"name": "ssmax", "s_init": 0.7}, lambda r, n: (0.7 * math.log(n) * r).softmax(-1)),
+    ({"name": "sigmoid", "bias": "-log n"}, lambda r, n: torch.sigmoid(r - math.log(n))),
+    ({"name": "sigmoid", "bias": -10}, lambda r, n: torch.sigmoid(r - 10)),
+    ({"name": "relu", "alpha": 1.0}, lambda r, n: torch.relu(r) / n),
+    ({"name": "relu", "h": "relu2", "alpha": 0.5}, lambda r, n: torch.relu(r) ** 2 / n**0.5),
+    ({"name": "relu", "h": "softplus", "alpha": 1.5}, lambda r, n: torch.nn.functional.softplus(r) / n**1.5),
+])
+def test_each_normalisation_is_its_formula_per_position_and_zero_where_masked(logits, cfg, row):
+    mask, n = N.attended(T)
+    w = N.make(cfg, heads=3).double()(logits, mask, n.double()).detach()
+    assert torch.allclose(w, _rows(logits, mask, row), atol=1e-6)  # (a learnable s is held in float32)
+    assert (w[..., ~mask] == 0).all()
+
+
+def test_normalisations_reject_unknown_names_and_parameters():
+    with pytest.raises(ValueError, match="unknown attention normalisation 'sofmax'"):
+        N.make("sofmax", heads=1)
+    with pytest.raises(ValueError, match="'relu'.*unexpected keyword"):
+        N.make({"name": "relu", "beta": 1}, heads=1)
+    with pytest.raises(ValueError, match="-log n"):
+        N.make({"name": "sigmoid", "bias": "log n"}, heads=1)
+
+
+def test_closed_form_max_weight_matches_the_normalisations():
+    for n in (2, 10, 1000):
+        z = torch.full((1, 1, 1, n), -2.0, dtype=torch.float64)
+        z[..., -1] = 3.0
+        mask, counts = torch.ones(1, n, dtype=torch.bool), torch.full((1, 1), float(n), dtype=torch.float64)
+        assert N.softmax_max_weight(n) == pytest.approx(float(N.Softmax()(z, mask, counts).max()), rel=1e-12)
+        ss = N.ScalableSoftmax(heads=1, s_init=0.43).double()
+        assert N.softmax_max_weight(n, s=0.43) == pytest.approx(float(ss(z, mask, counts).detach().max()), rel=1e-6)
+    assert N.softmax_max_weight(10_000) < 0.02 < 0.9 < N.softmax_max_weight(10_000, s=0.43)
+
+
+def test_row_entropy_renormalises_and_treats_empty_rows_as_zero():
+    mask, _ = N.attended(3)
+    w = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.0, 0.0, 0.0]])
+    assert N.row_entropy(w, mask).tolist() == pytest.approx([0.0, math.log(2), 0.0])
+    assert N.row_entropy(2 * w, mask).tolist() == pytest.approx([0.0, math.log(2), 0.0])
+
+
+def test_rope_makes_logits_depend_on_relative_position_only():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(1, 8, generator=g, dtype=torch.float64), torch.randn(1, 8, generator=g, dtype=torch.float64)
+    qs, ks = rope(q.expand(12, 8).clone(), 100.0), rope(k.expand(12, 8).clone(), 100.0)
+    assert float(qs[5] @ ks[3]) == pytest.approx(float(qs[9] @ ks[7]), rel=1e-5)  # angles in float32
+    assert float(qs[5] @ ks[3]) != pytest.approx(float(qs[5] @ ks[4]), rel=1e-3)
+
+
+@pytest.mark.parametrize("attention, qk_norm", [("softmax", None), ("softmax", "layernorm"), ("softmax", "l2"),
+                                                ({"name": "ssmax"}, None), ({"name": "sigmoid"}, "layernorm"),
+                                                ({"name": "relu"}, None)])
+def test_decoder_is_causal_for_every_normalisation(attention, qk_norm):
+    torch.manual_seed(0)
+    model = Decoder((16,), 11, d=16, layers=2, heads=2, attention=attention, qk_norm=qk_norm).double().eval()
+    ids = torch.randint(0, 11, (2, 16))
+    changed = ids.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % 11
+    a, b = model(ids), model(changed)
+    assert torch.allclose(a[:, :9], b[:, :9], atol=1e-12) and not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_qknorm_gain_starts_at_log2_of_l_squared_minus_l():
+    att = Attention(16, 2, 64, "softmax", "l2", 10000.0)
+    assert float(att.g.detach()) == pytest.approx(math.log2(64**2 - 64))
+    q = torch.randn(1, 2, 5, 8)
+    assert float(att.logits(q, q).abs().max()) <= float(att.g) + 1e-5  # |g cos| <= g
+
+
+def test_decoder_logs_its_attention_measures_in_training_only():
+    torch.manual_seed(0)
+    model = Decoder((8,), 5, d=16, layers=3, heads=2)
+    model.eval()(torch.randint(0, 5, (2, 8)))
+    assert model.log_stats() == {}
+    model.train()(torch.randint(0, 5, (2, 8)))
+    stats = model.log_stats()
+    assert set(stats) == {"attn_logit_max_l0", "attn_logit_max_l1", "attn_logit_max_l2", "attn_entropy_mean_l0",
+                          "attn_entropy_mean_l1", "attn_entropy_mean_l2", "attn_entropy_min", "output_log_z"}
+    # at initialisation attention is near uniform: the mean entropy is close to the mean of log(i + 1)
+    assert stats["attn_entropy_mean_l0"] == pytest.approx(float(np.log(np.arange(1, 9)).mean()), abs=0.05)
+    assert stats["output_log_z"] == pytest.approx(math.log(5), abs=0.05)
+
+
+def test_lm_windows_and_losses_use_the_same_tokens_at_every_length():
+    ids = np.arange(1000) % 13
+    d = lm_windows(ids[:600], ids[600:], context=8, eval_tokens=300)
+    (x, y), (xt, yt) = d["train"], d["test"]
+    assert x.shape == (74, 8) and (y == (x + 1) % 13).all()
+    assert xt.shape == (1, 300) and (yt == (xt + 1) % 13).all()
+    torch.manual_seed(0)
+    model = Decoder((8,), 13, d=16, layers=1, heads=2).eval()
+    out = lm_losses(model, torch.from_numpy(xt), torch.from_numpy(yt), multiples=(1, 2, 4))
+    assert set(out) == {"test_loss_x1", "test_loss_x2", "test_loss_x2_beyond", "test_loss_x4", "test_loss_x4_beyond"}
+    assert all(abs(v - math.log(13)) < 0.1 for v in out.values())  # untrained: about log V
+
+
+SPEC = {
+    "id": "tinylm", "title": "Tiny LM", "arxiv": "0000.00000", "year": 2020, "family": "attention",
+    "seed_files": [],
+    "experiments": {
+        "lm": {
+            "kind": "train", "dataset": "tinyshakespeare", "task": "lm", "data": {"context": 16, "eval_tokens": 1024},
+            "model": {"name": "decoder", "d": 32, "layers": 1, "heads": 2, "attention": {"name": "ssmax"}},
+            "loss": {"name": "softmax_ce"}, "optimizer": {"name": "adamw", "lr": 0.01, "betas": [0.9, 0.95]},
+            "batch_size": 16, "steps": 60, "log_every": 20, "eval_every": 30, "grad_clip": 1.0,
+            "deviations": ["cut: test fixture"],
+        },
+    },
+    "claims": [{"id": "x16", "text": "t", "source": "none", "kind": "value", "metric": "test_loss_x16",
+                "unit": "nats", "experiment": "lm", "published": 1.0, "tolerance": {"abs": 1}, "faithful_scales": []}],
+}
+
+
+def test_a_language_model_trains_through_the_engine(project):
+    words = "to be or not to be that is the question whether tis nobler in the mind to suffer ".split()
+    rng = np.random.default_rng(0)
+    (project / "data" / "tinyshakespeare").mkdir(parents=True)
+    (project / "data" / "tinyshakespeare" / "input.txt").write_text(" ".join(rng.choice(words, 3000)) + "\n")
+    marker = project / "results" / "datasets" / "tinyshakespeare.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"dataset": "tinyshakespeare", "available": True}))
+    (project / "configs" / "papers" / "tinylm.yaml").write_text(yaml.safe_dump(SPEC))
+    rec = run_job(project / "configs/papers/tinylm.yaml", "lm", 0, "smoke", project / "out", project, progress=False,
+                  log=lambda m: None)
+    assert rec["status"] == "ok", rec
+    m = rec["metrics"]
+    assert m["test_loss_x1"] < math.log(m["n_classes"] if "n_classes" in m else 20) and m["diverged"] == 0.0
+    assert {"test_loss_x16", "test_loss_x16_beyond", "final_attn_logit_max_l0", "final_output_log_z"} <= set(m)
+    steps = pd.read_csv(project / "out" / "steps.csv")
+    assert list(steps["step"]) == [20, 30, 40, 60] and steps["attn_entropy_min"].notna().all()
+    assert steps["train_loss"].iloc[-1] < steps["train_loss"].iloc[0]
+
+
+def test_the_swap_replaces_the_normalisation_from_its_step_on():
+    torch.manual_seed(0)
+    model = Decoder((8,), 5, d=16, layers=2, heads=2, swap={"at": 0.5, "attention": {"name": "ssmax", "s_init": 2.0}})
+    ids = torch.randint(0, 5, (2, 8))
+    model.set_progress(4, 10)
+    before = model.eval()(ids)
+    model.set_progress(5, 10)
+    after = model(ids)
+    assert all(b.attn.swapped for b in model.blocks) and not torch.allclose(before, after)
+    reference = Decoder((8,), 5, d=16, layers=2, heads=2)
+    reference.load_state_dict({k: v for k, v in model.state_dict().items() if "norm_after" not in k})
+    assert torch.allclose(before, reference.eval()(ids))
+    with pytest.raises(ValueError, match="swap must be"):
+        Decoder((8,), 5, swap={"at": 1.5, "attention": "softmax"})
+
+
+def test_warmup_schedule_rises_linearly_then_decays_or_stays():
+    from softrepro.optim import warmup
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup(opt, 110, warmup=10, start=0.1, final=0.0)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55) and lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.5) and lrs[-1] < 0.001
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup(opt, 50, warmup=10, then="constant")
+    for _ in range(30):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
