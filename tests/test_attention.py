@@ -119,7 +119,8 @@ def test_decoder_logs_its_attention_measures_in_training_only():
     model.train()(torch.randint(0, 5, (2, 8)))
     stats = model.log_stats()
     assert set(stats) == {"attn_logit_max_l0", "attn_logit_max_l1", "attn_logit_max_l2", "attn_entropy_mean_l0",
-                          "attn_entropy_mean_l1", "attn_entropy_mean_l2", "attn_entropy_min", "output_log_z"}
+                          "attn_entropy_mean_l1", "attn_entropy_mean_l2", "attn_entropy_min", "output_log_z",
+                          "output_abs_log_z"}
     # at initialisation attention is near uniform: the mean entropy is close to the mean of log(i + 1)
     assert stats["attn_entropy_mean_l0"] == pytest.approx(float(np.log(np.arange(1, 9)).mean()), abs=0.05)
     assert stats["output_log_z"] == pytest.approx(math.log(5), abs=0.05)
@@ -210,3 +211,39 @@ def test_warmup_schedule_rises_linearly_then_decays_or_stays():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+def test_ce_zloss_adds_the_squared_log_partition_function():
+    from softrepro.methods.attention.zloss import ce_zloss
+
+    z = torch.randn(6, 5, dtype=torch.float64) * 3
+    y = torch.randint(0, 5, (6,))
+    ce = torch.nn.functional.cross_entropy(z, y)
+    assert float(ce_zloss(0.5)(z, y, None)) == pytest.approx(float(ce + 0.5 * (z.logsumexp(-1) ** 2).mean()), rel=1e-6)
+    assert float(ce_zloss(0.0)(z, y, None)) == pytest.approx(float(ce), rel=1e-12)
+
+
+def test_lr_sensitivity_per_seed_clips_at_the_ceiling_and_counts_divergence_as_it():
+    from softrepro.aggregate import sweep_arm
+
+    claim = {"id": "s", "metric": "test_loss_x1", "sweep": {"over": "lr", "statistic": "lr_sensitivity", "ceiling": 4.0}}
+    rows = []
+    losses = {0: [2.0, 1.5, 3.0, float("nan")], 1: [2.2, 1.4, 5.0, 2.0]}  # seed 1: one loss above the ceiling
+    for seed, ls in losses.items():
+        for i, v in enumerate(ls):
+            rows.append({"experiment": f"lr-{i}", "seed": seed, "metric.test_loss_x1": v, "status": "ok"})
+    rows.append({"experiment": "lr-0", "seed": 2, "metric.test_loss_x1": 1.0, "status": "ok"})  # seed 2 ran one member only
+    sens = sweep_arm(claim, ["lr-0", "lr-1", "lr-2", "lr-3"], pd.DataFrame(rows), None)
+    assert list(sens.index) == [0, 1]
+    assert sens[0] == pytest.approx(((2.0 - 1.5) + 0 + (3.0 - 1.5) + (4.0 - 1.5)) / 4)
+    assert sens[1] == pytest.approx(((2.2 - 1.4) + 0 + (4.0 - 1.4) + (2.0 - 1.4)) / 4)
+
+
+def test_a_sweep_claim_reads_every_member_of_its_matrices():
+    from softrepro.spec import claim_experiments, load_paper, repo_root
+
+    paper = load_paper(repo_root() / "configs/papers/wortsman2023-small-scale-proxies.yaml")
+    claim = next(c for c in paper.claims if "sweep" in c)
+    exps = claim_experiments(claim)
+    assert len(exps) == 14 and {e.rsplit("-", 2)[0] for e in exps} == {"lr-softmax", "lr-qkln"}
+    assert set(claim["sweep"]["members"]) == {"a", "b"} and all(len(v) == 7 for v in claim["sweep"]["members"].values())

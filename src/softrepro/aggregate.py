@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from softrepro.atomic import write_csv, write_json
@@ -78,10 +79,30 @@ def _up_to(claim: dict, paper: Paper, exp: str, sel: pd.DataFrame, steps_csv, le
     return j, sorted(logs), curve
 
 
+def sweep_arm(claim: dict, members: list[str], sel: pd.DataFrame, paper: Paper) -> pd.Series:
+    """Per seed (those that ran every member), the sweep statistic of ``claim`` over one arm's matrix
+    members.  ``lr_sensitivity`` (Wortsman et al. 2023): the mean over the axis of
+    min(metric, ceiling) minus its smallest value; a non-finite metric (a diverged run) counts as
+    the ceiling."""
+    col = f"metric.{claim['metric']}"
+    rows = sel[sel["experiment"].isin(members)]
+    if col not in rows:
+        raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {members[0]} report no metric {claim['metric']!r}")
+    table = rows.pivot_table(index="seed", columns="experiment", values=col, aggfunc="first", dropna=False).reindex(columns=members)
+    ran = rows.groupby("seed")["experiment"].nunique() == len(members)
+    table = table[ran.reindex(table.index, fill_value=False)].astype(float)
+    ceiling = float(claim["sweep"]["ceiling"])
+    clipped = table.where(np.isfinite(table), ceiling).clip(upper=ceiling)
+    return clipped.sub(clipped.min(axis=1), axis=0).mean(axis=1)
+
+
 def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame, level: str, min_seeds: int, deterministic: bool):
-    """Judge a claim on a metric of metrics.json, per seed (paired by seed for two experiments)."""
+    """Judge a claim on a metric of metrics.json, per seed (paired by seed for two experiments); a
+    sweep claim on its statistic over each arm's matrix members (``sweep_arm``)."""
     arms = []  # one series per arm (both arms may be the same experiment, read through two metrics)
-    for e, m in zip(exps, claim_metrics(claim)):
+    if "sweep" in claim:
+        arms = [sweep_arm(claim, [e for e in claim["sweep"]["members"][k] if e in exps], sel, paper) for k in ("a", "b")]
+    for e, m in zip(exps if not arms else [], claim_metrics(claim)):
         col = f"metric.{m}"
         rows = sel[sel["experiment"] == e]
         if col not in rows or rows[col].isna().any():
@@ -104,20 +125,29 @@ def judge_claims(papers: list[Paper], runs: pd.DataFrame, scale, steps_csv=None,
         for claim in paper.claims:
             exps = claim_experiments(claim)
             resolved = {e: config(paper.id, e) for e in exps}
-            level = evidence_level(list(resolved.values()))
+            sweep = claim.get("sweep")
+            if sweep:  # the members in this scale's grid; the others are not part of the statistic here
+                exps = [e for e in exps if not resolved[e].get("grid_cut")]
+                resolved = {e: resolved[e] for e in exps}
+            level = evidence_level(list(resolved.values())) if resolved else "stand-in"
+            names = ([f"{claim['experiments'][k]} ({len([e for e in sweep['members'][k] if e in resolved])} values of "
+                      f"{sweep['over']})" for k in ("a", "b")] if sweep else exps)
             row = {
                 "paper": paper.id, "claim": claim["id"], "text": claim["text"], "source": claim["source"],
                 "published_from": claim.get("published_from", "paper"), "kind": claim["kind"],
-                "metric": " vs ".join(dict.fromkeys(claim_metrics(claim))), "unit": claim["unit"],
-                "experiments": " vs ".join(exps), "published_as_printed": _printed(claim), "scale": scale.name,
-                "evidence_level": level, "evidence": scale.evidence,
-                "deviations": " | ".join(f"{e}: " + "; ".join(r["deviations"]) for e, r in resolved.items() if r["deviations"]),
+                "metric": " vs ".join(dict.fromkeys(claim_metrics(claim))) + (f" ({sweep['statistic']})" if sweep else ""),
+                "unit": claim["unit"], "experiments": " vs ".join(names), "published_as_printed": _printed(claim),
+                "scale": scale.name, "evidence_level": level, "evidence": scale.evidence,
+                "deviations": " | ".join(dict.fromkeys(f"{r.get('matrix_base', e) if sweep else e}: " + "; ".join(r["deviations"])
+                                                       for e, r in resolved.items() if r["deviations"])),
             }
             sel = runs[(runs["paper"] == paper.id) & runs["experiment"].isin(exps)] if len(runs) else runs
             not_run = sel[sel["status"] != "ok"] if len(sel) else sel
             cut = [e for e, r in resolved.items() if r.get("grid_cut")]
             reason = None
-            if cut:
+            if sweep and not all(set(sweep["members"][k]) & set(exps) for k in ("a", "b")):
+                reason = f"no value of {sweep['over']} in the {scale.name} grid for one arm"
+            elif cut:
                 reason = f"{', '.join(cut)} not in the {scale.name} grid"
             elif len(sel) == 0:
                 reason = "no runs at this scale"
@@ -187,8 +217,8 @@ def report_context(papers: list[Paper], scale, config) -> dict:
                 bench = r["benchmark"]["name"]
                 figure = getattr(BENCHMARKS.get(bench), "figure", None) if bench in BENCHMARKS else None
             exps[name] = {"deviations": r["deviations"], "skip": r.get("skip"), "planned": not r.get("grid_cut"),
-                          "evidence_level": evidence_level([r]), "figure": figure}
-        claims = {c["id"]: {k: c[k] for k in ("kind", "log", "expect", "published", "up_to") if k in c}
+                          "evidence_level": evidence_level([r]), "figure": figure, "matrix_labels": r.get("matrix_labels")}
+        claims = {c["id"]: {k: c[k] for k in ("kind", "log", "expect", "published", "up_to", "sweep", "metric") if k in c}
                   | {"experiments": claim_experiments(c)} for c in paper.claims}
         out["papers"][paper.id] = {k: doc.get(k) for k in ("title", "authors", "arxiv", "year", "family", "code", "seed_files",
                                                            "protocol_sources")} | {"experiments": exps, "claims": claims}

@@ -250,7 +250,13 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         refs = {"experiment": claim["experiment"]} if "experiment" in claim else {}
         refs.update({f"experiments.{k}": v for k, v in claim.get("experiments", {}).items()})
         for key, ref in refs.items():
-            if ref not in doc["experiments"]:
+            if "sweep" in claim:  # a statistic over a matrix: the arms name matrix experiments (before their labels)
+                members = [n for n, e in expanded.items() if e.get("matrix_base") == ref and claim["sweep"]["over"] in e["matrix_labels"]]
+                if not members:
+                    raise SpecError(path, f"{where}.{key}", f"a sweep claim's arms are matrix experiments with the axis "
+                                    f"{claim['sweep']['over']!r}: {ref!r} is not one")
+                claim["sweep"].setdefault("members", {})[key.rpartition(".")[2]] = members
+            elif ref not in doc["experiments"]:
                 raise SpecError(path, f"{where}.{key}", f"unknown experiment {ref!r} (spec has {', '.join(doc['experiments'])})")
         _check_claim(claim, doc["experiments"], path, where, root)
     return Paper(id=doc["id"], path=path, doc=doc, experiments=doc["experiments"], claims=doc["claims"])
@@ -335,6 +341,9 @@ def _check_keys(registry, name: str, given: dict, path: Path, where: str, scale:
 
 
 def claim_experiments(claim: dict) -> list[str]:
+    """The experiments a claim reads: its one or two, or, for a sweep claim, every member of its arms' matrices."""
+    if "sweep" in claim:
+        return [e for arm in ("a", "b") for e in claim["sweep"]["members"].get(arm, [])]
     return [claim["experiment"]] if "experiment" in claim else [claim["experiments"]["a"], claim["experiments"]["b"]]
 
 
@@ -480,13 +489,14 @@ def expand_matrix(name: str, exp: dict, path: Path) -> dict[str, dict]:
             if any(labels[a] not in kept for a, kept in axes_kept.items()):
                 sub["scales"].setdefault(scale, {})["grid_cut"] = True
         sub["matrix_labels"] = labels
+        sub["matrix_base"] = name
         out["-".join([name, *labels.values()])] = sub
     return out
 
 
 # Keys that describe an experiment but do not change what it computes.
 NON_COMPUTING_KEYS = ("deviations", "description", "protocol", "checkpoint_every", "skip", "grid_cut",
-                      "matrix_labels", "deterministic")
+                      "matrix_labels", "matrix_base", "deterministic")
 
 
 def run_key(resolved: dict) -> str:

@@ -56,8 +56,8 @@ from scipy import stats
 
 from softrepro.spec import LEVELS
 
-UNIT_FACTOR = {"percent": 100.0, "fraction": 1.0, "x": 1.0, "nats": 1.0, "seconds": 1.0, "steps": 1.0, "MiB": 1.0, "errors": 1.0}
-UNIT_LABEL = {"percent": "%", "fraction": "", "x": "x", "nats": "nats", "seconds": "s", "steps": "steps", "MiB": "MiB", "errors": "errors"}
+UNIT_FACTOR = {"percent": 100.0, "fraction": 1.0, "x": 1.0, "nats": 1.0, "seconds": 1.0, "steps": 1.0, "MiB": 1.0, "errors": 1.0, "BLEU": 1.0}
+UNIT_LABEL = {"percent": "%", "fraction": "", "x": "x", "nats": "nats", "seconds": "s", "steps": "steps", "MiB": "MiB", "errors": "errors", "BLEU": "BLEU"}
 FAITHFUL_VERDICTS = ("reproduced", "direction holds", "not reproduced", "inconclusive")
 OTHER_VERDICTS = ("consistent", "contradicts", "inconclusive", "not comparable at this scale")
 NAN = math.nan

@@ -49,7 +49,10 @@ rule run:
         LAYOUT.benchmark("cache/pools/{pool}/{seeds}")
     wildcard_constraints:
         seeds=r"\d+(_\d+)*",
-    threads: lambda w: workflow.cores if _pool(w).kind == "benchmark" else PLAN.scale.train_threads
+    # a timing benchmark takes every core; one that declares `cores` (it trains small models and times
+    # nothing) takes that many
+    threads: lambda w: (PLAN.computing(_pool(w).keys[0]).get("cores") or workflow.cores) if _pool(w).kind == "benchmark"
+             else PLAN.scale.train_threads
     # longest first: a benchmark (it takes every core), then the training jobs by their expected
     # seconds (benchmarks/throughput.csv), so that no long job is left alone on one core at the end
     priority: lambda w: 10**7 if _pool(w).kind == "benchmark" else int(PLAN.pool_seconds(w.pool))

@@ -170,6 +170,32 @@ def final_metrics(out: Path, paper: str, exp: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sweep_claim(out: Path, paper: str, claim: dict, experiments: dict, claim_id: str, verdict: str):
+    """A sweep claim's metric against its axis (e.g. the final loss against the learning rate), one
+    line per arm, mean and t 95 % CI over seeds, with the ceiling the statistic clips at."""
+    sweep, frames = claim["sweep"], []
+    for arm in ("a", "b"):
+        for e in sweep["members"].get(arm, []):
+            d = final_metrics(out, paper, e)
+            if len(d) and claim["metric"] in d:
+                label = (experiments.get(e, {}).get("matrix_labels") or {}).get(sweep["over"])
+                frames.append(d[[claim["metric"]]].assign(arm=f"{arm}: {claim['experiments'][arm]}", x=float(label)))
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    data["y"] = data[claim["metric"]].astype(float).where(np.isfinite(data[claim["metric"]].astype(float)), sweep["ceiling"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    sns.lineplot(data=data, x="x", y="y", hue="arm", errorbar=t_interval, marker="o", ax=ax)
+    ax.axhline(sweep["ceiling"], ls="--", c="k", lw=0.8, label=f"ceiling {sweep['ceiling']:g} (diverged runs)")
+    ax.set_xscale("log")
+    ax.set_xlabel(sweep["over"])
+    ax.set_ylabel(claim["metric"].replace("_", " "))
+    ax.set_title(f"{claim_id}: {sweep['statistic'].replace('_', ' ')} — {verdict}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def columns(data: pd.DataFrame, metrics=(), spec: dict | None = None):
     """Final metrics named by a pattern with one number in it (``pattern``, e.g. ``test_loss_x(\\d+)$``)
     drawn against that number, one line per experiment, mean and t 95 % CI over seeds."""

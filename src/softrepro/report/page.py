@@ -203,6 +203,8 @@ def paper(res: Results, pid: str) -> list:
         claim = doc["claims"][r.claim]
         if r.kind == "threshold" and len(data[claim["experiments"][0]]):
             items.append(figures.threshold(data[claim["experiments"][0]], r.claim, claim, r.verdict))
+        if "sweep" in claim:
+            items.append(figures.sweep_claim(res.out, pid, claim, doc["experiments"], r.claim, r.verdict))
         if "up_to" in claim and len(res.curves):
             curve = res.curves[(res.curves["paper"] == pid) & (res.curves["claim"] == r.claim)]
             items.append(figures.up_to(curve, r.claim, claim["up_to"]["over"], r.published, r.verdict))

@@ -133,12 +133,13 @@ class Decoder(nn.Module):
             x = block(x)
         out = self.head(self.ln_f(x))
         if self.training:
-            self._log_z = out.detach().logsumexp(-1).mean()
+            log_z = out.detach().float().logsumexp(-1)
+            self._log_z = torch.stack([log_z.mean(), log_z.abs().mean()])
         return out
 
     def log_stats(self) -> dict:
         """The last training batch's max attention logit and mean head entropy per layer, the lowest
-        head entropy of all layers, and the mean log Z of the output logits."""
+        head entropy of all layers, and the mean log Z (and mean |log Z|) of the output logits."""
         out = {}
         if self._log_z is None:
             return out
@@ -150,7 +151,7 @@ class Decoder(nn.Module):
             out[f"attn_entropy_mean_l{i}"] = float(ent.mean())
             lowest = min(lowest, float(ent.min()))
         out["attn_entropy_min"] = lowest
-        out["output_log_z"] = float(self._log_z)
+        out["output_log_z"], out["output_abs_log_z"] = (float(v) for v in self._log_z)
         return out
 
 
