@@ -48,6 +48,10 @@ def test_attended_counts_keys_per_query():
     ({"name": "relu", "alpha": 1.0}, lambda r, n: torch.relu(r) / n),
     ({"name": "relu", "h": "relu2", "alpha": 0.5}, lambda r, n: torch.relu(r) ** 2 / n**0.5),
     ({"name": "relu", "h": "softplus", "alpha": 1.5}, lambda r, n: torch.nn.functional.softplus(r) / n**1.5),
+    ({"name": "sa_softmax"}, lambda r, n: r.softmax(-1) * (r - r.amin(-1, keepdim=True).clamp(max=0))
+                                          / (r.amax(-1, keepdim=True).clamp(min=0) + 1e-10 - r.amin(-1, keepdim=True).clamp(max=0))),
+    ({"name": "sa_softmax", "denominator": False}, lambda r, n: r.softmax(-1) * r),
+    ({"name": "rela"}, lambda r, n: torch.relu(r)),
 ])
 def test_each_normalisation_is_its_formula_per_position_and_zero_where_masked(logits, cfg, row):
     mask, n = N.attended(T)
@@ -93,7 +97,8 @@ def test_rope_makes_logits_depend_on_relative_position_only():
 
 @pytest.mark.parametrize("attention, qk_norm", [("softmax", None), ("softmax", "layernorm"), ("softmax", "l2"),
                                                 ({"name": "ssmax"}, None), ({"name": "sigmoid"}, "layernorm"),
-                                                ({"name": "relu"}, None)])
+                                                ({"name": "relu"}, None), ({"name": "sa_softmax"}, None),
+                                                ({"name": "rela"}, None)])
 def test_decoder_is_causal_for_every_normalisation(attention, qk_norm):
     torch.manual_seed(0)
     model = Decoder((16,), 11, d=16, layers=2, heads=2, attention=attention, qk_norm=qk_norm).double().eval()
@@ -247,3 +252,16 @@ def test_a_sweep_claim_reads_every_member_of_its_matrices():
     exps = claim_experiments(claim)
     assert len(exps) == 14 and {e.rsplit("-", 2)[0] for e in exps} == {"lr-softmax", "lr-qkln"}
     assert set(claim["sweep"]["members"]) == {"a", "b"} and all(len(v) == 7 for v in claim["sweep"]["members"].values())
+
+
+def test_gated_rms_norm_is_its_formula():
+    from softrepro.methods.attention.normalisations import GatedRMSNorm
+
+    norm = GatedRMSNorm(4).double()
+    with torch.no_grad():
+        norm.scale.copy_(torch.tensor([1.0, 2.0, 0.5, 1.0]))
+        norm.gate.copy_(torch.tensor([0.0, 1.0, -1.0, 3.0]))
+    o = torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=torch.float64)
+    rms = math.sqrt((1 + 4 + 0.25 + 9) / 4)
+    want = [o[0, i] / rms * norm.scale[i] / (1 + math.exp(-norm.gate[i] * o[0, i])) for i in range(4)]
+    assert norm(o)[0].tolist() == pytest.approx([float(v) for v in want], rel=1e-7)  # (eps 1e-8 under the root)

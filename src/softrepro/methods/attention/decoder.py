@@ -43,8 +43,8 @@ class Attention(nn.Module):
         self.heads, self.dh, self.causal, self.rope_theta = heads, d // heads, causal, rope_theta
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
-        self.norm = normalisations.make(attention, heads)
-        self.norm_after = normalisations.make(swap_to, heads) if swap_to is not None else None  # see Decoder's swap
+        self.norm = normalisations.make(attention, heads, self.dh)
+        self.norm_after = normalisations.make(swap_to, heads, self.dh) if swap_to is not None else None  # see Decoder's swap
         self.swapped = False
         if qk_norm not in (None, "layernorm", "l2"):
             raise ValueError(f"qk_norm must be null, 'layernorm' or 'l2', not {qk_norm!r}")
@@ -70,12 +70,16 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
         z = self.logits(q, k)
         mask, n = normalisations.attended(t, causal=self.causal, device=x.device)
-        w = (self.norm_after if self.swapped else self.norm)(z, mask, n.to(z.dtype))
+        norm = self.norm_after if self.swapped else self.norm
+        w = norm(z, mask, n.to(z.dtype))
         if self.training:  # measures of this batch, for the step log (no gradient, no sync)
             with torch.no_grad():
                 self.stats = {"logit_max": z.detach().masked_fill(~mask, float("-inf")).amax(),
                               "entropy": normalisations.row_entropy(w.detach(), mask).mean((0, 2))}  # per head
-        return self.proj((w @ v).transpose(1, 2).reshape(b, t, d))
+        o = w @ v
+        if getattr(norm, "output_norm", None) is not None:  # ReLA: the head outputs are normalised
+            o = norm.output_norm(o)
+        return self.proj(o.transpose(1, 2).reshape(b, t, d))
 
 
 class Block(nn.Module):

@@ -12,6 +12,8 @@ Sources of the formulas (a paper's own code where one exists):
   configs).
 - ``relu``: n^-alpha · h(z) with h one of relu, relu², gelu, softplus, sigmoid (Wortsman et al. 2023,
   "Replacing softmax with ReLU in Vision Transformers": "relu/seqlen" at alpha = 1).
+- ``sa_softmax``: Self-Adjust Softmax (Zheng et al. 2025; a co-author's implementation in HKUDS/SepLLM).
+- ``rela``: ReLU weights and a gated RMS norm of the head outputs (Zhang, Titov & Sennrich 2021).
 """
 from __future__ import annotations
 
@@ -70,18 +72,66 @@ class PointwiseOverLength(nn.Module):
         return n ** (-self.alpha) * self.h(z) * mask
 
 
-NORMALISATIONS = {"softmax": Softmax, "ssmax": ScalableSoftmax, "sigmoid": Sigmoid, "relu": PointwiseOverLength}
+class SelfAdjustSoftmax(nn.Module):
+    """SA-Softmax: softmax(z) x (z - min(z_min, 0) + b) / (max(z_max, 0) + eps - min(z_min, 0)), the
+    minimum and maximum over the row's attended logits and 0 (HKUDS/SepLLM's implementation takes
+    them over the lower triangle, where masked entries are 0); not renormalised.  ``denominator:
+    false`` gives the no-denominator variant softmax(z) x z."""
+
+    def __init__(self, b: float = 0.0, eps: float = 1e-10, denominator: bool = True):
+        super().__init__()
+        self.b, self.eps, self.denominator = float(b), float(eps), bool(denominator)
+
+    def forward(self, z, mask, n):
+        p = z.masked_fill(~mask, float("-inf")).softmax(-1)
+        if not self.denominator:
+            return p * z * mask
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        lo = torch.minimum(z.masked_fill(~mask, float("inf")).amin(-1, keepdim=True), zero)
+        hi = torch.maximum(z.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True), zero)
+        return p * (z - lo + self.b) / (hi + self.eps - lo) * mask
 
 
-def make(cfg: dict | str, heads: int) -> nn.Module:
+class ReLA(nn.Module):
+    """ReLU attention weights relu(z), unnormalised (Zhang, Titov & Sennrich 2021, bzhangGo/zero
+    ``modules/rela.py``); the head outputs then go through ``GatedRMSNorm`` (``output_norm``)."""
+
+    def __init__(self, heads: int, head_dim: int | None = None, eps: float = 1e-8):
+        super().__init__()
+        self.output_norm = GatedRMSNorm(head_dim, eps) if head_dim else None
+
+    def forward(self, z, mask, n):
+        return torch.relu(z) * mask
+
+
+class GatedRMSNorm(nn.Module):
+    """o / sqrt(mean(o^2) + eps) x scale x sigmoid(gate x o), per head over the head dimension, with
+    learnable ``scale`` (from 1) and ``gate`` (from 0) vectors."""
+
+    def __init__(self, dim: int, eps: float = 1e-8):
+        super().__init__()
+        self.scale, self.gate, self.eps = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim)), eps
+
+    def forward(self, o):
+        return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale * torch.sigmoid(self.gate * o)
+
+
+NORMALISATIONS = {"softmax": Softmax, "ssmax": ScalableSoftmax, "sigmoid": Sigmoid, "relu": PointwiseOverLength,
+                  "sa_softmax": SelfAdjustSoftmax, "rela": ReLA}
+
+
+def make(cfg: dict | str, heads: int, head_dim: int | None = None) -> nn.Module:
     """The normalisation named by ``cfg`` (``name`` plus its parameters), with a clear error for an
-    unknown name or parameter."""
+    unknown name or parameter.  A normalisation with an ``output_norm`` (ReLA) also normalises the
+    head outputs."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
     name = cfg.pop("name", "softmax")
     if name not in NORMALISATIONS:
         raise ValueError(f"unknown attention normalisation {name!r} (known: {', '.join(NORMALISATIONS)})")
     cls = NORMALISATIONS[name]
     try:
+        if cls is ReLA:
+            return cls(heads=heads, head_dim=head_dim, **cfg)
         return cls(heads=heads, **cfg) if cls is ScalableSoftmax else cls(**cfg)
     except TypeError as exc:
         raise ValueError(f"attention normalisation {name!r}: {exc}") from None
