@@ -219,7 +219,7 @@ def report_context(papers: list[Paper], scale, config) -> dict:
             exps[name] = {"deviations": r["deviations"], "skip": r.get("skip"), "planned": not r.get("grid_cut"),
                           "evidence_level": evidence_level([r]), "figure": figure, "matrix_labels": r.get("matrix_labels")}
         claims = {c["id"]: {k: c[k] for k in ("kind", "log", "expect", "published", "up_to", "sweep", "metric") if k in c}
-                  | {"experiments": claim_experiments(c)} for c in paper.claims}
+                  | {"experiments": claim_experiments(c), "arms": c.get("experiments")} for c in paper.claims}
         out["papers"][paper.id] = {k: doc.get(k) for k in ("title", "authors", "arxiv", "year", "family", "code", "seed_files",
                                                            "protocol_sources")} | {"experiments": exps, "claims": claims}
     return out
