@@ -125,7 +125,8 @@ def test_decoder_logs_its_attention_measures_in_training_only():
     stats = model.log_stats()
     assert set(stats) == {"attn_logit_max_l0", "attn_logit_max_l1", "attn_logit_max_l2", "attn_entropy_mean_l0",
                           "attn_entropy_mean_l1", "attn_entropy_mean_l2", "attn_entropy_min", "output_log_z",
-                          "output_abs_log_z"}
+                          "output_abs_log_z", "attn_zero_frac", "attn_null_row_frac"}
+    assert stats["attn_zero_frac"] == 0.0 and stats["attn_null_row_frac"] == 0.0  # softmax: no exact zeros
     # at initialisation attention is near uniform: the mean entropy is close to the mean of log(i + 1)
     assert stats["attn_entropy_mean_l0"] == pytest.approx(float(np.log(np.arange(1, 9)).mean()), abs=0.05)
     assert stats["output_log_z"] == pytest.approx(math.log(5), abs=0.05)
@@ -265,3 +266,12 @@ def test_gated_rms_norm_is_its_formula():
     rms = math.sqrt((1 + 4 + 0.25 + 9) / 4)
     want = [o[0, i] / rms * norm.scale[i] / (1 + math.exp(-norm.gate[i] * o[0, i])) for i in range(4)]
     assert norm(o)[0].tolist() == pytest.approx([float(v) for v in want], rel=1e-7)  # (eps 1e-8 under the root)
+
+
+def test_relu_attention_reports_its_sparsity():
+    torch.manual_seed(0)
+    model = Decoder((8,), 5, d=16, layers=1, heads=2, attention={"name": "rela"})
+    model.train()(torch.randint(0, 5, (4, 8)))
+    stats = model.log_stats()
+    assert 0.2 < stats["attn_zero_frac"] < 0.8  # about half the logits are negative at initialisation
+    assert 0.0 <= stats["attn_null_row_frac"] < stats["attn_zero_frac"]

@@ -127,3 +127,37 @@ def test_ood_table_shows_scores_by_set_with_cis(results):
     assert "a: OOD detection" in html and "b: OOD" not in html
     assert "91.0 [88.5, 93.5]" in html  # 90, 91, 92 %: t(0.975, 2) * 1 / sqrt(3) = 2.48
     assert "max_logit" in html and "/ 20.0 [20.0, 20.0]" in html
+
+
+def test_context_traces_and_sweep_figures_draw_from_run_records(tmp_path):
+    """The attention family's figures: loss against context (final metrics), logged traces, and a
+    sweep claim's metric against its axis with the ceiling."""
+    rows, logs = [], []
+    for exp, base in (("soft", 2.0), ("ss", 1.9)):
+        for seed in range(3):
+            rows.append({"experiment": exp, "seed": f"seed{seed}", **{f"test_loss_x{m}": base + 0.1 * m + 0.01 * seed for m in (1, 2, 4)},
+                         "test_loss_x2_beyond": 9.0})
+            logs += [{"experiment": exp, "seed": f"seed{seed}", "step": s, "attn_logit_max_l0": s / 10, "attn_entropy_min": 1 / s}
+                     for s in (10, 20, 30)]
+    fig = figures.columns(pd.DataFrame(rows), spec={"pattern": r"test_loss_x(\d+)", "log_x": True})
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert len(fig.axes[0].lines) >= 2  # one line per experiment ("_beyond" columns are not drawn)
+    assert figures.columns(pd.DataFrame(rows), spec={"pattern": r"nothing_(\d+)"}) is None
+    fig = figures.curves(pd.DataFrame(logs), spec={"columns": ["attn_logit_max_l0", "attn_entropy_min", "absent"]})
+    assert len(fig.axes) == 2
+    out = tmp_path
+    members = {"a": ["lr-q-1e-3", "lr-q-1e-1"], "b": ["lr-s-1e-3", "lr-s-1e-1"]}
+    experiments = {}
+    for arm, names in members.items():
+        for e in names:
+            experiments[e] = {"matrix_labels": {"lr": e.rsplit("-", 2)[-2] + "-" + e.rsplit("-", 1)[-1]}}
+            for seed in range(3):
+                d = out / "runs" / "p" / e / f"seed{seed}"
+                d.mkdir(parents=True)
+                loss = float("nan") if (e == "lr-s-1e-1" and seed == 0) else 2.0 + seed * 0.01
+                (d / "metrics.json").write_text(json.dumps({"status": "ok", "metrics": {"test_loss_x1": loss}}))
+    claim = {"metric": "test_loss_x1", "arms": {"a": "lr-q", "b": "lr-s"},
+             "sweep": {"over": "lr", "statistic": "lr_sensitivity", "ceiling": 4.17, "members": members}}
+    fig = figures.sweep_claim(out, "p", claim, experiments, "c", "consistent")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and any(abs(l.get_ydata()[0] - 4.17) < 1e-9 for l in ax.lines if len(l.get_ydata()) == 2)

@@ -179,7 +179,11 @@ def sweep_claim(out: Path, paper: str, claim: dict, experiments: dict, claim_id:
             d = final_metrics(out, paper, e)
             if len(d) and claim["metric"] in d:
                 label = (experiments.get(e, {}).get("matrix_labels") or {}).get(sweep["over"])
-                frames.append(d[[claim["metric"]]].assign(arm=f"{arm}: {(claim.get('arms') or {}).get(arm, arm)}", x=float(label)))
+                try:
+                    label = float(label)
+                except (TypeError, ValueError):  # a label that is not a number: drawn in spec order
+                    label = float(len(frames))
+                frames.append(d[[claim["metric"]]].assign(arm=f"{arm}: {(claim.get('arms') or {}).get(arm, arm)}", x=label))
     if not frames:
         return None
     data = pd.concat(frames, ignore_index=True)

@@ -74,8 +74,11 @@ class Attention(nn.Module):
         w = norm(z, mask, n.to(z.dtype))
         if self.training:  # measures of this batch, for the step log (no gradient, no sync)
             with torch.no_grad():
+                wd = w.detach()
                 self.stats = {"logit_max": z.detach().masked_fill(~mask, float("-inf")).amax(),
-                              "entropy": normalisations.row_entropy(w.detach(), mask).mean((0, 2))}  # per head
+                              "entropy": normalisations.row_entropy(wd, mask).mean((0, 2)),  # per head
+                              "zero_frac": ((wd == 0) & mask).sum() / (mask.sum() * b * self.heads),  # sparsity
+                              "null_rows": ((wd * mask).sum(-1) == 0).float().mean()}  # queries attending to nothing
         o = w @ v
         if getattr(norm, "output_norm", None) is not None:  # ReLA: the head outputs are normalised
             o = norm.output_norm(o)
@@ -143,18 +146,21 @@ class Decoder(nn.Module):
 
     def log_stats(self) -> dict:
         """The last training batch's max attention logit and mean head entropy per layer, the lowest
-        head entropy of all layers, and the mean log Z (and mean |log Z|) of the output logits."""
+        head entropy of all layers, the fraction of attended weights that are exactly 0 and of queries
+        whose weights are all 0 (means over layers), and the mean log Z (and |log Z|) of the outputs."""
         out = {}
         if self._log_z is None:
             return out
-        lowest = math.inf
+        lowest, zeros, nulls = math.inf, 0.0, 0.0
         for i, block in enumerate(self.blocks):
             s = block.attn.stats
             ent = s["entropy"].float().cpu()
             out[f"attn_logit_max_l{i}"] = float(s["logit_max"])
             out[f"attn_entropy_mean_l{i}"] = float(ent.mean())
             lowest = min(lowest, float(ent.min()))
+            zeros, nulls = zeros + float(s["zero_frac"]) / len(self.blocks), nulls + float(s["null_rows"]) / len(self.blocks)
         out["attn_entropy_min"] = lowest
+        out["attn_zero_frac"], out["attn_null_row_frac"] = zeros, nulls
         out["output_log_z"], out["output_abs_log_z"] = (float(v) for v in self._log_z)
         return out
 
