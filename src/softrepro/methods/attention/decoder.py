@@ -43,8 +43,8 @@ class Attention(nn.Module):
         self.heads, self.dh, self.causal, self.rope_theta = heads, d // heads, causal, rope_theta
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
-        self.norm = normalisations.make(attention, heads, self.dh)
-        self.norm_after = normalisations.make(swap_to, heads, self.dh) if swap_to is not None else None  # see Decoder's swap
+        self.norm = normalisations.make(attention, heads, d)
+        self.norm_after = normalisations.make(swap_to, heads, d) if swap_to is not None else None  # see Decoder's swap
         self.swapped = False
         if qk_norm not in (None, "layernorm", "l2"):
             raise ValueError(f"qk_norm must be null, 'layernorm' or 'l2', not {qk_norm!r}")
@@ -79,10 +79,10 @@ class Attention(nn.Module):
                               "entropy": normalisations.row_entropy(wd, mask).mean((0, 2)),  # per head
                               "zero_frac": ((wd == 0) & mask).sum() / (mask.sum() * b * self.heads),  # sparsity
                               "null_rows": ((wd * mask).sum(-1) == 0).float().mean()}  # queries attending to nothing
-        o = w @ v
-        if getattr(norm, "output_norm", None) is not None:  # ReLA: the head outputs are normalised
+        o = (w @ v).transpose(1, 2).reshape(b, t, d)
+        if getattr(norm, "output_norm", None) is not None:  # ReLA: the heads' outputs are normalised together
             o = norm.output_norm(o)
-        return self.proj(o.transpose(1, 2).reshape(b, t, d))
+        return self.proj(o)
 
 
 class Block(nn.Module):

@@ -13,7 +13,7 @@ Sources of the formulas (a paper's own code where one exists):
 - ``relu``: n^-alpha · h(z) with h one of relu, relu², gelu, softplus, sigmoid (Wortsman et al. 2023,
   "Replacing softmax with ReLU in Vision Transformers": "relu/seqlen" at alpha = 1).
 - ``sa_softmax``: Self-Adjust Softmax (Zheng et al. 2025; a co-author's implementation in HKUDS/SepLLM).
-- ``rela``: ReLU weights and a gated RMS norm of the head outputs (Zhang, Titov & Sennrich 2021).
+- ``rela``: ReLU weights and a gated RMS norm of the concatenated head outputs (Zhang, Titov & Sennrich 2021).
 """
 from __future__ import annotations
 
@@ -75,8 +75,9 @@ class PointwiseOverLength(nn.Module):
 class SelfAdjustSoftmax(nn.Module):
     """SA-Softmax: softmax(z) x (z - min(z_min, 0) + b) / (max(z_max, 0) + eps - min(z_min, 0)), the
     minimum and maximum over the row's attended logits and 0 (HKUDS/SepLLM's implementation takes
-    them over the lower triangle, where masked entries are 0); not renormalised.  ``denominator:
-    false`` gives the no-denominator variant softmax(z) x z."""
+    them over the lower triangle, where masked entries are 0); not renormalised.  Defaults b = 0 and
+    eps = 1e-10 as in that code's signature (its released model ran with other small values; see
+    docs/sources/attention-2.md).  ``denominator: false`` gives the variant softmax(z) x z."""
 
     def __init__(self, b: float = 0.0, eps: float = 1e-10, denominator: bool = True):
         super().__init__()
@@ -94,23 +95,28 @@ class SelfAdjustSoftmax(nn.Module):
 
 class ReLA(nn.Module):
     """ReLU attention weights relu(z), unnormalised (Zhang, Titov & Sennrich 2021, bzhangGo/zero
-    ``modules/rela.py``); the head outputs then go through ``GatedRMSNorm`` (``output_norm``)."""
+    ``modules/rela.py``); the heads' concatenated outputs (the model width) then go through
+    ``GatedRMSNorm`` (``output_norm``) before the output projection."""
 
-    def __init__(self, heads: int, head_dim: int | None = None, eps: float = 1e-8):
+    def __init__(self, heads: int, width: int | None = None, eps: float = 1e-8):
         super().__init__()
-        self.output_norm = GatedRMSNorm(head_dim, eps) if head_dim else None
+        self.output_norm = GatedRMSNorm(width, eps) if width else None
 
     def forward(self, z, mask, n):
         return torch.relu(z) * mask
 
 
 class GatedRMSNorm(nn.Module):
-    """o / sqrt(mean(o^2) + eps) x scale x sigmoid(gate x o), per head over the head dimension, with
-    learnable ``scale`` (from 1) and ``gate`` (from 0) vectors."""
+    """o / sqrt(mean(o^2) + eps) x scale x sigmoid(gate x o) over the last dimension, with learnable
+    vectors ``scale`` (from 1) and ``gate`` (uniform in +-sqrt(3 / dim), unit-scaling as in the
+    official code's default initialiser)."""
 
     def __init__(self, dim: int, eps: float = 1e-8):
         super().__init__()
-        self.scale, self.gate, self.eps = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim)), eps
+        bound = (3.0 / dim) ** 0.5
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.gate = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.eps = eps
 
     def forward(self, o):
         return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale * torch.sigmoid(self.gate * o)
@@ -120,7 +126,7 @@ NORMALISATIONS = {"softmax": Softmax, "ssmax": ScalableSoftmax, "sigmoid": Sigmo
                   "sa_softmax": SelfAdjustSoftmax, "rela": ReLA}
 
 
-def make(cfg: dict | str, heads: int, head_dim: int | None = None) -> nn.Module:
+def make(cfg: dict | str, heads: int, width: int | None = None) -> nn.Module:
     """The normalisation named by ``cfg`` (``name`` plus its parameters), with a clear error for an
     unknown name or parameter.  A normalisation with an ``output_norm`` (ReLA) also normalises the
     head outputs."""
@@ -131,7 +137,7 @@ def make(cfg: dict | str, heads: int, head_dim: int | None = None) -> nn.Module:
     cls = NORMALISATIONS[name]
     try:
         if cls is ReLA:
-            return cls(heads=heads, head_dim=head_dim, **cfg)
+            return cls(heads=heads, width=width, **cfg)
         return cls(heads=heads, **cfg) if cls is ScalableSoftmax else cls(**cfg)
     except TypeError as exc:
         raise ValueError(f"attention normalisation {name!r}: {exc}") from None
