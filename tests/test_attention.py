@@ -275,3 +275,14 @@ def test_relu_attention_reports_its_sparsity():
     stats = model.log_stats()
     assert 0.2 < stats["attn_zero_frac"] < 0.8  # about half the logits are negative at initialisation
     assert 0.0 <= stats["attn_null_row_frac"] < stats["attn_zero_frac"]
+
+
+def test_softmax_jacobian_norm_is_the_closed_form_and_vanishes_with_sharpness():
+    from softrepro.methods.attention.gradients import VARIANTS, jacobian_norm, run_benchmark
+
+    z = torch.tensor([0.3, -1.0, 2.0, 0.5], dtype=torch.float64)
+    p = z.softmax(-1)
+    assert jacobian_norm(VARIANTS["softmax"], z) == pytest.approx(float((torch.diag(p) - torch.outer(p, p)).norm()), rel=1e-10)
+    m, rows = run_benchmark({"n": 16, "sharpness": [1, 100], "trials": 3}, seed=0)
+    assert [r["sharpness"] for r in rows] == [1.0, 100.0]
+    assert m["jac_softmax_s100"] < 0.1 * m["jac_softmax_s1"] and m["jac_sa_s100"] > m["jac_softmax_s100"]
