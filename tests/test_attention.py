@@ -90,7 +90,7 @@ def test_row_entropy_renormalises_and_treats_empty_rows_as_zero():
 def test_rope_makes_logits_depend_on_relative_position_only():
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(1, 8, generator=g, dtype=torch.float64), torch.randn(1, 8, generator=g, dtype=torch.float64)
-    qs, ks = rope(q.expand(12, 8).clone(), 100.0), rope(k.expand(12, 8).clone(), 100.0)
+    qs, ks = rope(q.expand(12, 8).clone(), k.expand(12, 8).clone(), theta=100.0)
     assert float(qs[5] @ ks[3]) == pytest.approx(float(qs[9] @ ks[7]), rel=1e-5)  # angles in float32
     assert float(qs[5] @ ks[3]) != pytest.approx(float(qs[5] @ ks[4]), rel=1e-3)
 

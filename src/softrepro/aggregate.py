@@ -96,18 +96,22 @@ def sweep_arm(claim: dict, members: list[str], sel: pd.DataFrame, paper: Paper) 
     return clipped.sub(clipped.min(axis=1), axis=0).mean(axis=1)
 
 
+def _metric_series(claim: dict, paper: Paper, sel: pd.DataFrame, exp: str, metric: str) -> pd.Series:
+    """``metric`` of every seed of ``exp``, indexed by seed."""
+    col = f"metric.{metric}"
+    rows = sel[sel["experiment"] == exp]
+    if col not in rows or rows[col].isna().any():
+        raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {exp} report no metric {metric!r}")
+    return rows.set_index("seed")[col].sort_index()
+
+
 def _judge_metric(claim: dict, paper: Paper, exps: list[str], sel: pd.DataFrame, level: str, min_seeds: int, deterministic: bool):
     """Judge a claim on a metric of metrics.json, per seed (paired by seed for two experiments); a
     sweep claim on its statistic over each arm's matrix members (``sweep_arm``)."""
-    arms = []  # one series per arm (both arms may be the same experiment, read through two metrics)
     if "sweep" in claim:
         arms = [sweep_arm(claim, [e for e in claim["sweep"]["members"][k] if e in exps], sel, paper) for k in ("a", "b")]
-    for e, m in zip(exps if not arms else [], claim_metrics(claim)):
-        col = f"metric.{m}"
-        rows = sel[sel["experiment"] == e]
-        if col not in rows or rows[col].isna().any():
-            raise KeyError(f"{paper.path}: claim {claim['id']!r}: runs of {e} report no metric {m!r}")
-        arms.append(rows.set_index("seed")[col].sort_index())
+    else:  # one series per arm (both arms may be the same experiment, read through two metrics)
+        arms = [_metric_series(claim, paper, sel, e, m) for e, m in zip(exps, claim_metrics(claim))]
     kw = dict(level=level, min_seeds=min_seeds, deterministic=deterministic)
     if len(arms) == 1:
         return judge(claim, arms[0].values, **kw), list(arms[0].index)

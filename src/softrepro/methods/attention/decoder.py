@@ -16,15 +16,16 @@ from softrepro.methods.attention import normalisations
 from softrepro.registry import MODELS, TASKS
 
 
-def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding of [..., T, d] (pairs (i, i + d/2) rotated by position x theta^(-2i/d))."""
-    t, d = x.shape[-2], x.shape[-1]
+def rope(*xs: torch.Tensor, theta: float) -> tuple[torch.Tensor, ...]:
+    """Rotary position embedding of each [..., T, d] tensor of ``xs`` (pairs (i, i + d/2) rotated by
+    position x theta^(-2i/d)); the rotation table is computed once for all of them (q and k)."""
+    t, d = xs[0].shape[-2], xs[0].shape[-1]
     half = d // 2
-    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    ang = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * freqs[None]
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+    freqs = theta ** (-torch.arange(half, device=xs[0].device, dtype=torch.float32) / half)
+    ang = torch.arange(t, device=xs[0].device, dtype=torch.float32)[:, None] * freqs[None]
+    cos, sin = ang.cos().to(xs[0].dtype), ang.sin().to(xs[0].dtype)
+    return tuple(torch.cat([x[..., :half] * cos - x[..., half:] * sin, x[..., :half] * sin + x[..., half:] * cos], -1)
+                 for x in xs)
 
 
 class Attention(nn.Module):
@@ -60,7 +61,7 @@ class Attention(nn.Module):
         if self.qk_norm == "layernorm":
             q, k = self.q_ln(q), self.k_ln(k)
         if self.rope_theta:
-            q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+            q, k = rope(q, k, theta=self.rope_theta)
         if self.qk_norm == "l2":
             return self.g * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
         return q @ k.transpose(-1, -2) / math.sqrt(self.dh)
