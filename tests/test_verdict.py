@@ -262,3 +262,5 @@ def test_refutation_sentences_say_what_would_have_failed_the_claim():
     assert refutation(reached, "cut", 3, budget=500) == (True, "contradicts if no seed reaches test_accuracy >= 1.0 within its 500-step run (with at least 3 seeds)")
     assert not refutation(reached, "cut", 3, budget=300)[0]
     assert refutation({**THRESH, "expect": "not_reached", "published": None}, "cut", 3, budget=300)[0]
+    why = "a closed form that any correct softmax satisfies"
+    assert refutation({**CMP, "cannot_fail": why}, "faithful", 3) == (False, f"cannot fail: {why}")

@@ -322,6 +322,8 @@ def refutation(claim: dict, level: str, min_seeds: int, budget: int | None = Non
     """Whether the claim can fail at this level, and the outcome that would have refuted it
     (one sentence for the report)."""
     seeds = f" (with at least {min_seeds} seeds)"
+    if claim.get("cannot_fail"):
+        return False, f"cannot fail: {claim['cannot_fail']}"
     faithful = level == "faithful"
     word = "not reproduced" if faithful else "contradicts"
     unit = UNIT_LABEL[claim["unit"]]
