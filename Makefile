@@ -14,7 +14,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.softrepro-installed
 LOCK    := requirements.lock
 
-.PHONY: install lock reproduce test test-slurm test-faults validate dry-run estimate clean
+TRITON  := 3.9.0
+
+.PHONY: install lock reproduce test test-slurm test-faults test-triton validate dry-run estimate clean
 
 # The environment is the lock file's exact versions (torch's CPU build among them), then the
 # project itself without resolving anything again.
@@ -54,6 +56,12 @@ test-faults: install
 # (as root; Debian's slurm-wlm and munge are installed when missing).
 test-slurm: install
 	$(BIN)/python -m pytest -m slurm -p no:cacheprovider tests/test_slurm.py
+
+# The Triton GPU kernels and benchmarks on the CPU, through Triton's interpreter.  triton goes into
+# build/triton-<version>, on the path of this target only: the CPU install stays without it.
+test-triton: install
+	@test -d build/triton-$(TRITON)/triton || $(BIN)/python -m pip install -q --no-deps --target build/triton-$(TRITON) triton==$(TRITON)
+	TRITON_INTERPRET=1 PYTHONPATH=build/triton-$(TRITON) $(BIN)/python -m pytest -m triton tests/test_triton_kernels.py
 
 validate: install
 	$(BIN)/python -m softrepro.cli validate

@@ -106,4 +106,5 @@ def load_methods() -> None:
     import softrepro.methods as pkg
 
     for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):  # methods/<family>/<module>.py
-        importlib.import_module(info.name)
+        if not info.name.rsplit(".", 1)[-1].startswith("_"):  # _name: a private helper its method imports when it runs
+            importlib.import_module(info.name)

@@ -30,6 +30,31 @@ def _computing(w):
     return json.dumps([PLAN.computing(k) for k in _pool(w).keys], sort_keys=True)
 
 
+def _gpu_benchmark(w):
+    """A benchmark that times a GPU (``device: cuda``): it holds the whole GPU (every gpu_slot the
+    profile offers), so that no training job shares the GPU while it is timed."""
+    pool = _pool(w)
+    return pool.kind == "benchmark" and PLAN.computing(pool.keys[0])["benchmark"].get("device") == "cuda"
+
+
+def _offered(name, default):
+    """What the profile offers of a resource (``default`` where it sets none, as on SLURM)."""
+    value = workflow.global_resources[name] if name in workflow.global_resources else default
+    return int(getattr(value, "value", value) or 0)
+
+
+def _gpu(w):
+    if _gpu_benchmark(w):
+        return min(1, _offered("gpu", 1))  # 0 where the profile has no GPU: the run then says *not run*
+    return 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0
+
+
+def _gpu_slots(w):
+    if _gpu_benchmark(w):
+        return _offered("gpu_slots", 0)
+    return 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0
+
+
 def _members(w):
     return " ".join(f"--run {PLAN.owner(k).paper}/{PLAN.owner(k).experiment}" for k in _pool(w).keys)
 
@@ -57,8 +82,8 @@ rule run:
     # seconds (benchmarks/throughput.csv), so that no long job is left alone on one core at the end
     priority: lambda w: 10**7 if _pool(w).kind == "benchmark" else int(PLAN.pool_seconds(w.pool))
     resources:
-        gpu=lambda w: 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0,
-        gpu_slots=lambda w: 1 if PLAN.scale.gpu and _pool(w).kind == "train" else 0,
+        gpu=_gpu,
+        gpu_slots=_gpu_slots,
     shell:
         "{SR} run {params.members} --seeds {params.seeds} --scale {SCALE}"
         " --threads {threads} --results {RESULTS} --pool {wildcards.pool} 2> {log}"
