@@ -77,9 +77,18 @@ def test_benchmark_returns_documented_metrics_and_rows():
         assert all(r[f"t_{v}"] > 0 for v in osm.VARIANTS)
         assert r["softmax_speedup"] == pytest.approx(r["t_safe"] / r["t_online"])
         assert r["topk_speedup"] == pytest.approx(r["t_safe_topk_unfused"] / r["t_online_topk_fused"])
+        # the roofline: the kernel's bytes per second over the copy's (3 accesses for online, 2 for the copy)
+        assert r["roofline_online"] == pytest.approx((3 / r["t_online"]) / (2 / r["t_copy"]))
     for key in ("softmax_speedup", "topk_speedup"):  # the largest per-size median over the repeats
         med = {v: np.median([r[key] for r in rows if r["V"] == v]) for v in (63, 126, 252)}
         assert metrics[f"{key}_max"] == pytest.approx(max(med.values()))
         assert metrics[f"v_at_{key}_max"] == max(med, key=med.get)
         assert metrics[f"{key}_max"] >= metrics[f"{key}_median"]
     assert metrics["max_abs_err_online_vs_safe"] < 1e-5
+
+
+def test_copy_kernel_copies():
+    x = np.random.default_rng(0).random((3, 70), dtype=np.float32)
+    y = np.zeros_like(x)
+    osm.copy(x, y)
+    np.testing.assert_array_equal(x, y)

@@ -17,12 +17,8 @@ import math
 import torch
 
 from softrepro.methods.kernels import _gpu
-from softrepro.methods.kernels.online_softmax import SPEEDUPS
+from softrepro.methods.kernels.online_softmax import ACCESSES, SPEEDUPS
 from softrepro.registry import BENCHMARKS
-
-# memory accesses per element of each algorithm (the paper's count; top-K outputs are negligible)
-ACCESSES = {"naive": 3, "safe": 4, "online": 3, "topk": 1, "safe_topk_unfused": 5, "safe_topk_fused": 2,
-            "online_topk_fused": 1, "copy": 2}
 
 
 def calls(ts, x: torch.Tensor, k: int) -> dict:
