@@ -35,6 +35,24 @@ def test_value_faithful_ci_overlapping_band_is_inconclusive():
     assert judge(VALUE, [0.85, 0.93, 0.90]).verdict == "inconclusive"
 
 
+def test_value_mean_in_band_with_a_ci_wider_than_the_band_is_inconclusive():
+    # mean 91.87 in [91.36, 92.36], but the seeds spread from 90.6 to 93.0: the CI reaches far outside the band
+    j = judge(VALUE, [0.906, 0.930, 0.920])
+    assert 91.36 <= j.mean <= 92.36 and j.ci_low < 91.36 and j.verdict == "inconclusive"
+    assert "spread too much" in j.note
+
+
+def test_value_saturated_at_the_metrics_bound_is_judged_not_refused():
+    sat = {**VALUE, "published": 100, "tolerance": {"abs": 1}}
+    j = judge(sat, [1.0, 1.0, 1.0])  # every seed at 100 %: the metric cannot go higher
+    assert j.verdict == "reproduced" and "saturates" in j.note
+    assert judge({**VALUE, "published": 90, "tolerance": {"abs": 1}}, [1.0, 1.0, 1.0]).verdict == "not reproduced"
+    # equal seeds inside the range are still not a CI
+    assert judge(VALUE, [0.9186, 0.9186, 0.9186]).verdict == "inconclusive"
+    # and a unit without a bounded range never saturates
+    assert judge({**VALUE, "unit": "nats", "published": 1.0, "tolerance": {"abs": 0.1}}, [1.0, 1.0, 1.0]).verdict == "inconclusive"
+
+
 @pytest.mark.parametrize("level", ["cut", "stand-in"])
 def test_value_below_faithful_is_not_comparable_either_way(level):
     for samples in ([0.918, 0.920, 0.917], [0.880, 0.881, 0.879]):

@@ -13,8 +13,8 @@ One rule set, the same in both directions (README, "What the verdicts mean"):
 =================  ==========================================  =====================================
 claim              faithful                                     cut / stand-in
 =================  ==========================================  =====================================
-value              *reproduced*: mean within the tolerance      *not comparable at this scale*
-                   band; *not reproduced*: the 95 % CI lies     (the number is shown)
+value              *reproduced*: the 95 % CI lies within the    *not comparable at this scale*
+                   tolerance band; *not reproduced*: it lies    (the number is shown)
                    outside the band; else *inconclusive*
 comparison, ratio  *not reproduced*: the CI lies on the wrong   *consistent*: the CI lies on the
 (published size)   side of 0 (ratio: 1), or outside the band;   paper's side of 0 (ratio: 1);
@@ -40,7 +40,7 @@ a level)           (or within the run), *direction holds* when  step, *contradic
 
 Before any of that, at every level: fewer than the scale's ``min_seeds`` (paired) seeds is
 *inconclusive*; so is a CI of zero width (the seeds agree exactly) unless the experiment is
-declared ``deterministic``.  Ratio and comparison claims test the tolerance band before the
+declared ``deterministic`` or a value claim's metric saturates (every seed at 0 or 100 %).  Ratio and comparison claims test the tolerance band before the
 direction, so a claimed 40x measured tightly at 1.2x is *not reproduced*, not *direction holds*.
 "Up to" claims (``up_to``) are judged on the maximum over sizes of the per-size median over
 repeats, with a bootstrap CI over repeats (``up_to_statistic``).
@@ -102,6 +102,7 @@ class Test:
     band: tuple[float, float] | None
     null: float | None = None
     side: int = 0        # +1: the paper says greater than the null, -1: less
+    bounds: tuple[float, float] | None = None  # the metric's range (percent: 0-100), where every seed may saturate
 
     @property
     def label(self) -> str:
@@ -116,7 +117,8 @@ def claim_test(claim: dict) -> Test:
         return Test("parity", 0.0, (-m, m), null=0.0)
     if kind == "value" or (kind == "ratio" and pub is None):
         band = None if pub is None else (pub - half_width(pub, claim["tolerance"]), pub + half_width(pub, claim["tolerance"]))
-        return Test("value", NAN if pub is None else float(pub), band)
+        return Test("value", NAN if pub is None else float(pub), band,
+                    bounds=(0.0, 100.0) if claim["unit"] == "percent" else None)
     if kind == "ratio":
         hw = half_width(pub, claim["tolerance"])
         side = {"greater": 1, "less": -1}.get(claim.get("direction"), 1 if pub > 1 else -1)
@@ -145,19 +147,24 @@ def decide(test: Test, s: Summary, level: str, min_seeds: int, deterministic: bo
         return "inconclusive", f"{s.n} seed{'s' * (s.n != 1)}: a verdict needs at least {min_seeds}"
     if s.n < 2 and not deterministic:
         return "inconclusive", "one seed: no CI"
-    if s.std == 0 and not deterministic:
+    saturated = s.std == 0 and test.bounds is not None and s.mean in test.bounds
+    if s.std == 0 and not deterministic and not saturated:
         return "inconclusive", "the seeds agree exactly: a zero-width interval is not a CI (the experiment is not declared deterministic)"
     faithful = level == "faithful"
+    at_bound = f"every seed gives {_fmt(s.mean)}, the end of the metric's range: the interval has zero width because the metric saturates"
     if test.stat == "value":
         if not faithful:
             return "not comparable at this scale", f"a {level} protocol's value is not compared with the published number; shown for reference"
         if test.band is None:
             return "inconclusive", "published value unknown (not found in any source read); reproduced value for reference"
         lo, hi = test.band
-        if lo <= s.mean <= hi:
-            return "reproduced", ""
         if s.ci_high < lo or s.ci_low > hi:
-            return "not reproduced", f"the 95 % CI excludes the tolerance band [{_fmt(lo)}, {_fmt(hi)}]"
+            return "not reproduced", f"the 95 % CI excludes the tolerance band [{_fmt(lo)}, {_fmt(hi)}]" + (f"; {at_bound}" if saturated else "")
+        if lo <= s.ci_low and s.ci_high <= hi:
+            return "reproduced", at_bound if saturated else ""
+        if lo <= s.mean <= hi:
+            return "inconclusive", (f"the mean lies in the tolerance band [{_fmt(lo)}, {_fmt(hi)}] but its 95 % CI "
+                                    f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] reaches outside it: the seeds spread too much to place the value")
         return "inconclusive", "mean outside the tolerance band but the CI overlaps it"
     if test.stat == "parity":
         lo, hi = test.band
