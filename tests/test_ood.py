@@ -290,3 +290,145 @@ def test_perturbations_and_shift_metrics(ctx):
     m = shift_metrics({"centroid": c, "msp": SCORES.get("msp")()}, ctx, ctx.x_train[:50], ctx.y_train[:50], {}, 0)
     assert {"shift_clean_accuracy", "shift_clean_centroid_accept_rate", "shift_clean_centroid_accepted_accuracy"} <= m.keys()
     assert not any("msp" in k for k in m)  # MSP has no acceptance rule
+
+
+# ---------------------------------------------------------------- Mahalanobis: layers, preprocessing, ensemble
+
+def test_feature_modules_are_the_nonlinearity_after_each_weight_layer():
+    from softrepro.models import MLP
+    from softrepro.ood import feature_modules, pool_features
+
+    mlp = MLP((1, 4, 4), 3, hidden=(5, 4), dropout=0.5).double().eval()
+    mods = feature_modules(mlp)
+    assert [type(m).__name__ for m in mods] == ["ReLU", "ReLU"]
+    x = torch.rand(7, 1, 4, 4, dtype=torch.float64)
+    lin1, lin2 = mlp.body[1], mlp.body[4]  # Flatten, Linear, ReLU, Dropout, Linear, ReLU, Dropout
+    h1 = torch.relu(lin1(x.flatten(1)))
+    h2 = torch.relu(lin2(h1))
+    layers = Context(mlp, x, torch.zeros(7, dtype=torch.long), 3).layers(x)
+    assert torch.allclose(layers[0], h1.detach()) and torch.allclose(layers[1], h2.detach())
+    assert torch.allclose(layers[1], Context(mlp, x, None, 3).outputs(x)[1])  # the last one is the penultimate layer
+    conv = nn.Module()
+    conv.body = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(2, 3), nn.Tanh())
+    assert [type(m).__name__ for m in feature_modules(conv)] == ["ReLU", "Tanh"]
+    maps = torch.arange(24.0).reshape(1, 2, 3, 4)
+    assert torch.equal(pool_features(maps), torch.tensor([[5.5, 17.5]]))  # mean over the 3 x 4 positions
+    with pytest.raises(ValueError, match="body"):
+        feature_modules(nn.Linear(2, 2))
+
+
+def test_gaussians_distance_by_hand():
+    from softrepro.methods.ood.mahalanobis import Gaussians
+
+    # class 0 at (+-1, 0), class 1 at (5, +-1): means (0, 0) and (5, 0); the centred features
+    # (+-1, 0), (0, +-1) give the tied covariance diag(1/2, 1/2), precision diag(2, 2)
+    f = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [5.0, 1.0], [5.0, -1.0]], dtype=torch.float64)
+    g = Gaussians(f, torch.tensor([0, 0, 1, 1]), 2)
+    assert torch.allclose(g.precision, 2 * torch.eye(2, dtype=torch.float64))
+    q = torch.tensor([[1.0, 1.0], [4.0, 0.0]], dtype=torch.float64)
+    # (1, 1): 2 * (1 + 1) = 4 to class 0, 2 * (16 + 1) = 34 to class 1; (4, 0): 32 and 2
+    assert torch.allclose(g.min_distance(q), torch.tensor([4.0, 2.0], dtype=torch.float64))
+
+
+def test_mahalanobis_preprocessing_steps_down_the_closest_distance(ctx):
+    from softrepro.methods.ood.mahalanobis import Gaussians
+
+    eps = 0.05
+    m = SCORES.get("mahalanobis")(epsilon=eps)
+    m.fit(ctx)
+    g = Gaussians(ctx.model.body(ctx.x_train).detach(), ctx.y_train, 3)
+    x = torch.randn(10, 6, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    g.min_distance(ctx.model.body(xr)).sum().backward()
+    want = -g.min_distance(ctx.model.body(x - eps * xr.grad.sign())).detach()  # x~ = x - eps sign(grad d)
+    assert torch.allclose(m.score(ctx, x), want)
+
+
+@pytest.fixture
+def tuned(ctx):
+    """Held-out in-distribution inputs and a tuning set of wide noise."""
+    g = torch.Generator().manual_seed(2)
+    ctx.x_tune_in = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    ctx.tune = {"noise": 4 * torch.randn(200, 6, generator=g, dtype=torch.float64)}
+    return ctx
+
+
+def test_mahalanobis_epsilon_is_chosen_on_the_tuning_data(tuned):
+    m = SCORES.get("mahalanobis")(epsilon=[0.0, 0.01, 0.1])
+    m.fit(tuned)
+    assert [r["epsilon"] for r in m.grid] == [0.0, 0.01, 0.1]
+    best = min(m.grid, key=lambda r: (r["fpr95"], -r["auroc"]))
+    assert m.epsilon == best["epsilon"]
+    for r in m.grid:  # each grid point is the detection of the tuning data at that eps
+        one = SCORES.get("mahalanobis")(epsilon=r["epsilon"])
+        one.fit(tuned)
+        d = detection_metrics(one.score(tuned, tuned.x_tune_in).numpy(), one.score(tuned, tuned.tune["noise"]).numpy())
+        assert d["fpr95"] == r["fpr95"] and d["auroc"] == pytest.approx(r["auroc"])
+    with pytest.raises(ValueError, match="holdout"):
+        SCORES.get("mahalanobis")(epsilon=[0.0, 0.01]).fit(Context(tuned.model, tuned.x_train, tuned.y_train, 3))
+    with pytest.raises(ValueError, match="epsilon must be"):
+        SCORES.get("mahalanobis")(epsilon=-0.1)
+
+
+def test_mahalanobis_ensemble_is_a_regression_of_the_per_layer_scores(tuned):
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    from softrepro.methods.ood.mahalanobis import Gaussians
+
+    deep = nn.Module()  # two hidden layers: tanh(6 -> 5), tanh(5 -> 4), then the readout
+    torch.manual_seed(3)
+    deep.body = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh())
+    deep.readout = nn.Linear(4, 3)
+    deep.forward = lambda x: deep.readout(deep.body(x))
+    deep = deep.double()
+    ctx = Context(deep, tuned.x_train, tuned.y_train, 3, x_tune_in=tuned.x_tune_in, tune=tuned.tune)
+    ens = SCORES.get("mahalanobis_ens")(epsilon=0.0)
+    ens.fit(ctx)
+
+    def per_layer(x):  # M at each hidden layer, from the formula
+        h1 = deep.body[1](deep.body[0](x))
+        h2 = deep.body[3](deep.body[2](h1))
+        t1 = deep.body[1](deep.body[0](ctx.x_train))
+        t2 = deep.body[3](deep.body[2](t1))
+        return np.stack([-Gaussians(t.detach(), ctx.y_train, 3).min_distance(h.detach()).numpy()
+                         for t, h in ((t1, h1), (t2, h2))], 1)
+
+    s_in, s_out = per_layer(ctx.x_tune_in), per_layer(ctx.tune["noise"])
+    assert np.allclose(ens.layer_scores(ctx, ctx.x_tune_in, [0.0])[0], s_in)
+    # fitted on the first halves only (100 in + 100 out), standardised, as the score's own pipeline
+    X, t = np.r_[s_in[:100], s_out[:100]], np.r_[np.ones(100), np.zeros(100)]
+    scaler = StandardScaler().fit(X)
+    lr = LogisticRegressionCV(Cs=10, l1_ratios=(0.0,), cv=5, scoring="accuracy", use_legacy_attributes=False)
+    lr.fit(scaler.transform(X), t)
+    x = torch.randn(9, 6, dtype=torch.float64)
+    want = scaler.transform(per_layer(x)) @ lr.coef_[0] + lr.intercept_[0]
+    assert np.allclose(ens.score(ctx, x).numpy(), want)
+    assert ens.chosen()["layers"] == [5, 4] and len(ens.grid) == 1
+    # the second halves choose eps: with a grid, each eps is judged on them
+    ens2 = SCORES.get("mahalanobis_ens")(epsilon=[0.0, 0.05])
+    ens2.fit(ctx)
+    assert ens2.grid[0]["fpr95"] == ens.grid[0]["fpr95"] and len(ens2.grid) == 2
+    assert ens2.epsilon == min(ens2.grid, key=lambda r: (r["fpr95"], -r["auroc"]))["epsilon"]
+    with pytest.raises(ValueError, match="holdout"):
+        SCORES.get("mahalanobis_ens")().fit(Context(deep, ctx.x_train, ctx.y_train, 3))
+
+
+def test_a_malformed_mahalanobis_epsilon_names_the_file_and_field(tmp_path):
+    import shutil
+
+    import yaml
+
+    from softrepro.spec import SpecError, load_paper
+    from conftest import REPO
+
+    root = tmp_path / "proj"
+    shutil.copytree(REPO / "configs", root / "configs")
+    path = root / "configs" / "papers" / "lee2018-mahalanobis.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["experiments"]["fmnist-scores"]["ood"] = {"scores": ["msp", {"name": "mahalanobis_ens", "epsilon": "0.01"}]}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match=r"lee2018-mahalanobis.yaml.*ood\.scores\[1\]\.epsilon") as err:
+        load_paper(path, root)
+    assert "'0.01'" in str(err.value)

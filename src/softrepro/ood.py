@@ -31,6 +31,14 @@ set against its own errors: ``err_<score>_auroc`` (correct positive), ``_aupr_su
 positive), ``_aupr_err`` (errors positive, scored by minus the score), ``_mean_wrong`` (mean
 score of the wrong predictions), beside ``test_error``.  All from scikit-learn's ``roc_curve``,
 ``roc_auc_score`` and ``average_precision_score``.
+
+Per-layer scores (Lee et al.'s feature ensemble) read ``Context.layers``: the pooled output of
+every hidden layer (``feature_modules``: the first nonlinearity after each linear or convolutional
+layer of the model's ``body``), with ``layer_gradient`` for input preprocessing at one layer.
+
+``auxiliary_outliers`` generates training-time outliers from in-distribution images (pixels
+permuted, blurred, tiles shuffled) for an experiment's ``outliers`` section (outlier exposure,
+energy-bounded fine-tuning; softrepro.train): none of them is an image of an OOD test set.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from softrepro.registry import SCORES
 
@@ -113,6 +122,7 @@ class Context:
     x_tune_in: torch.Tensor | None = None     # in-distribution inputs for tuning (held out from the test set)
     batch: int = 1000
     _train_out: tuple | None = None
+    _train_layers: list | None = None
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +137,12 @@ class Context:
         if self._train_out is None:
             self._train_out = self.outputs(self.x_train)
         return self._train_out
+
+    def train_layers(self) -> list[torch.Tensor]:
+        """``layers`` of the training set, computed once and shared."""
+        if self._train_layers is None:
+            self._train_layers = self.layers(self.x_train)
+        return self._train_layers
 
     def readout(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last linear layer's weight and bias (float64, CPU)."""
@@ -145,6 +161,71 @@ class Context:
             grads.append(xb.grad.detach())
         self.model.zero_grad(set_to_none=True)
         return torch.cat(grads)
+
+    def _hooked(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One forward pass of ``x``; the pooled output of every hidden layer (``feature_modules``)."""
+        seen: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(pool_features(out)))
+                 for m in feature_modules(self.model)]
+        try:
+            self.model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen
+
+    @torch.no_grad()
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The pooled features of every hidden layer (``feature_modules``), float64 on the CPU, batched."""
+        parts = [[f.double().cpu() for f in self._hooked(x[i : i + self.batch])] for i in range(0, len(x), self.batch)]
+        return [torch.cat(p) for p in zip(*parts)]
+
+    def layer_gradient(self, x: torch.Tensor, layer: int, objective) -> torch.Tensor:
+        """d objective(features of hidden layer ``layer``, float64).sum() / dx, batched."""
+        grads = []
+        for i in range(0, len(x), self.batch):
+            xb = x[i : i + self.batch].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                objective(self._hooked(xb)[layer].double()).sum().backward()
+            grads.append(xb.grad.detach())
+        self.model.zero_grad(set_to_none=True)
+        return torch.cat(grads)
+
+
+_NOT_A_FEATURE = (nn.Linear, nn.modules.conv._ConvNd, nn.Dropout, nn.Flatten, nn.Identity,
+                  nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """The hidden layers a per-layer score reads (Lee et al.'s ``feature_list``): a model's own
+    ``feature_modules()`` when it has one, else, in its ``body`` (an ``nn.Sequential``, possibly
+    nested), the first nonlinearity after each linear or convolutional layer, in forward order.
+    Normalisation, dropout, flattening and pooling are not features.  For the engine's ``mlp``
+    these are the hidden activations, the last of which is the penultimate layer."""
+    if hasattr(model, "feature_modules"):
+        return list(model.feature_modules())
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Module):
+        raise ValueError(f"a per-layer score needs a model with a 'body' of layers or a feature_modules() method; "
+                         f"{type(model).__name__} has neither")
+    out, after_weight = [], False
+    for m in body.modules():
+        if next(m.children(), None) is not None:
+            continue  # a container: its leaves come next
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            after_weight = True
+        elif after_weight and not isinstance(m, _NOT_A_FEATURE) and type(m).__module__ != "torch.nn.modules.pooling":
+            out.append(m)
+            after_weight = False
+    if not out:
+        raise ValueError(f"no hidden layer found in the body of {type(model).__name__}")
+    return out
+
+
+def pool_features(out: torch.Tensor) -> torch.Tensor:
+    """[N, C, ...] feature maps -> [N, C] by the mean over the spatial positions (as Lee et al.'s
+    ``sample_estimator``); [N, D] features are kept as they are."""
+    return out.flatten(2).mean(2) if out.dim() > 2 else out
 
 
 class Score:
@@ -237,6 +318,70 @@ def perturb(x: np.ndarray, kind: str, level: float, seed: int, name: str) -> np.
     else:
         raise ValueError(f"unknown perturbation {kind!r} ({', '.join(PERTURBATIONS)})")
     return np.clip(y, 0, 1).astype(np.float32)
+
+
+OUTLIER_TRANSFORMS = ("permute", "blur", "tiles")
+
+
+def auxiliary_outliers(x: torch.Tensor, transforms: list[str], blur_sigma: float = 3.0, tile: int = 7) -> torch.Tensor:
+    """Generated auxiliary outliers (training-time OOD examples, e.g. for outlier exposure or
+    energy-bounded fine-tuning) from in-distribution images ``x`` [N, C, H, W]: each image gets
+    one of ``transforms``, drawn uniformly:
+
+    - ``permute``: its pixel positions shuffled by a random permutation of its own (the intensity
+      histogram kept, every spatial structure destroyed);
+    - ``blur``: a Gaussian filter of ``blur_sigma`` pixels, zero outside the image (only the coarse
+      silhouette left);
+    - ``tiles``: its ``tile`` x ``tile`` tiles in a random order of its own (local texture kept,
+      the global shape destroyed).
+
+    Random numbers come from torch's global generator (on ``x``'s device), whose state the
+    training checkpoints keep."""
+    unknown = [t for t in transforms if t not in OUTLIER_TRANSFORMS]
+    if unknown or not transforms:
+        raise ValueError(f"unknown outlier transform(s) {unknown or transforms!r} (known: {', '.join(OUTLIER_TRANSFORMS)})")
+    if x.dim() != 4:
+        raise ValueError(f"generated outliers need image inputs [N, C, H, W], got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    pick = torch.randint(len(transforms), (n,), device=x.device)
+    out = x.clone()
+    for k, name in enumerate(transforms):
+        rows = (pick == k).nonzero().squeeze(1)
+        if len(rows):
+            out[rows] = _OUTLIER_FNS[name](x[rows], blur_sigma=blur_sigma, tile=tile)
+    return out
+
+
+def _permute_pixels(x: torch.Tensor, **_) -> torch.Tensor:
+    n, c, h, w = x.shape
+    order = torch.rand(n, h * w, device=x.device).argsort(1)
+    return x.flatten(2).gather(2, order[:, None, :].expand(n, c, h * w)).reshape(x.shape)
+
+
+def _blur(x: torch.Tensor, blur_sigma: float, **_) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    r = max(1, int(np.ceil(3 * blur_sigma)))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / blur_sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+    return F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+
+
+def _shuffle_tiles(x: torch.Tensor, tile: int, **_) -> torch.Tensor:
+    n, c, h, w = x.shape
+    if h % tile or w % tile:
+        raise ValueError(f"outlier tiles of {tile} pixels do not divide {h} x {w} images")
+    gh, gw = h // tile, w // tile
+    t = x.reshape(n, c, gh, tile, gw, tile).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c, tile, tile)
+    order = torch.rand(n, gh * gw, device=x.device).argsort(1)
+    t = t.gather(1, order[:, :, None, None, None].expand_as(t))
+    return t.reshape(n, gh, gw, c, tile, tile).permute(0, 3, 1, 4, 2, 5).reshape(x.shape)
+
+
+_OUTLIER_FNS = {"permute": _permute_pixels, "blur": _blur, "tiles": _shuffle_tiles}
 
 
 def shift_metrics(scores: dict, ctx, x_in, y_in, shifts: dict, seed: int) -> dict[str, float]:

@@ -35,6 +35,7 @@ from softrepro.registry import LOSSES, MODELS, OPTIMIZERS, PROBES, SCHEDULES, TA
 from softrepro.spec import load_datasets
 
 FAULT_ENV = "SOFTREPRO_FAULT_AFTER_STEP"  # test hook: SIGKILL this process after that step
+OUTLIER_SEED = 1_000_000  # the outlier batches' stream is seeded apart from the training batches'
 
 
 def pick_device() -> torch.device:
@@ -232,6 +233,15 @@ def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, d
     return predict(model, x)
 
 
+def init_from_teacher(model, cfg: dict, weights: Path, model_cfg: dict) -> None:
+    """``teacher_init``: the run starts from its teacher's trained weights (fine-tuning), which
+    needs the same model; ``cfg`` is the resolved ``teacher`` entry."""
+    if cfg["model"] != model_cfg:
+        raise ValueError(f"teacher_init: the teacher {cfg['experiment']!r} has the model {cfg['model']}, this run "
+                         f"{model_cfg}; fine-tuning starts from the teacher's weights and needs the same model")
+    model.load_state_dict(torch.load(weights, map_location=next(model.parameters()).device, weights_only=True))
+
+
 def shifted_errors(z: torch.Tensor, y: torch.Tensor, classes: list[int], by: float) -> dict:
     """Test errors of the test logits ``z`` before and after adding ``by`` to the logits of ``classes``
     (what raising those classes' output biases does): in all, as a fraction, and on the test images of
@@ -300,8 +310,20 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     sched = _make_schedule(exp.get("schedule"), opt, exp["steps"])
     augment = exp.get("augment")  # {shift: pixels}: training inputs jittered each step
     teacher = None
-    if exp.get("teacher"):  # a distillation student: the loss gets the teacher's logits of each batch
+    if exp.get("teacher") and exp.get("teacher_init"):  # fine-tuning: start from the teacher's trained weights
+        init_from_teacher(model, exp["teacher"], teacher_model, exp["model"])
+    elif exp.get("teacher"):  # a distillation student: the loss gets the teacher's logits of each batch
         teacher = teacher_outputs(exp["teacher"], teacher_model, xtr, n_classes, DTYPES[exp.get("dtype", "float32")])
+    outliers = exp.get("outliers")  # generated auxiliary outliers: their logits go to the loss as outliers=
+    if bool(outliers) != bool(getattr(loss_fn, "takes_outliers", False)):
+        raise ValueError(f"loss {exp['loss']['name']!r} and 'outliers' go together: "
+                         + ("this loss does not use auxiliary outliers" if outliers else "this loss needs an 'outliers' section"))
+    out_stream = None
+    if outliers:  # their own stream of training images, transformed each step (softrepro.ood)
+        from softrepro.ood import auxiliary_outliers
+
+        out_stream = BatchStream(len(ytr), outliers["batch"], OUTLIER_SEED + seed, device)
+        outlier_kw = {k: v for k, v in outliers.items() if k != "batch"}
     clip = exp.get("grad_clip")
 
     steps, batch = exp["steps"], exp["batch_size"]
@@ -350,10 +372,16 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             xb = shift_images(xb, augment["shift"])
         for hooked in progress_hooks:  # e.g. a loss weight or a temperature that follows training progress
             hooked.set_progress(step, steps)
-        out = model(xb)
+        extra = {} if teacher is None else {"teacher": teacher[idx]}
+        if out_stream is None:
+            out = model(xb)
+        else:  # in-distribution and outlier batches in one forward pass, split after
+            xo = auxiliary_outliers(xtr[out_stream.indices(step)], **outlier_kw)
+            both = model(torch.cat([xb, xo]))
+            out, extra["outliers"] = both[: len(xb)], both[len(xb) :]
         if out.dim() == 3:  # a sequence model: every position is one prediction
             out, yb = out.flatten(0, 1), yb.flatten()
-        loss = loss_fn(out, yb, model) if teacher is None else loss_fn(out, yb, model, teacher=teacher[idx])
+        loss = loss_fn(out, yb, model, **extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
