@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softrepro.methods.attention import normalisations
+from softrepro.methods.attention.sigma_reparam import apply as apply_sigma_reparam
 from softrepro.registry import MODELS, TASKS
 
 
@@ -107,11 +108,15 @@ class Decoder(nn.Module):
 
     ``swap: {at: f, attention: {...}}`` replaces every layer's normalisation by another one from the
     fraction f of the training steps on, and keeps it for evaluation (Nakanishi 2025's switch from
-    Softmax to SSMax during pretraining)."""
+    Softmax to SSMax during pretraining).
+
+    ``sigma_reparam: true`` reparametrises every linear layer's weight (attention, MLP, output layer;
+    not the embedding) as γ W / σ(W) once the weights are initialised, with γ = σ(W_init) (σReparam,
+    Zhai et al. 2023; ``sigma_reparam.apply``)."""
 
     def __init__(self, in_shape, n_classes: int, d: int = 64, layers: int = 2, heads: int = 4, mlp_ratio: int = 4,
                  attention: dict | str = "softmax", qk_norm: str | None = None, rope_theta: float = 10000.0,
-                 layer_norm: bool = True, init_std: float = 0.02, swap: dict | None = None):
+                 layer_norm: bool = True, init_std: float = 0.02, swap: dict | None = None, sigma_reparam: bool = False):
         super().__init__()
         self.context = int(in_shape[0])
         if swap is not None and (set(swap) != {"at", "attention"} or not 0 < float(swap["at"]) < 1):
@@ -127,6 +132,8 @@ class Decoder(nn.Module):
             if p.dim() == 2:
                 std = init_std / math.sqrt(2 * layers) if name.endswith(("proj.weight", "mlp.2.weight")) else init_std
                 nn.init.normal_(p, 0.0, std)
+        if sigma_reparam:
+            apply_sigma_reparam(self)
         self._log_z = None
 
     def set_progress(self, step: int, steps: int) -> None:
