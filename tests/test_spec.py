@@ -324,3 +324,17 @@ def test_pools_stop_at_the_scales_expected_seconds():
     for pool in plan.pools:
         if len(pool.keys) > 1:
             assert plan.pool_seconds(pool.id) <= 60
+
+
+def test_a_teachers_priority_counts_the_students_that_wait_for_it():
+    """Hinton et al.'s big net trains the teachers of three students: its pool's priority is its own
+    expected seconds plus the longest student pool's, and the students' pools stay under the cap."""
+    from softrepro.plan import build
+
+    plan = build("cpu", "hinton2015-distillation", REPO)
+    big = plan.pool_of(plan.jobs[[j.experiment for j in plan.jobs].index("big")].key).id
+    students = plan._waiting[big]
+    assert len(students) >= 2 and all(plan.pool_seconds(s) <= plan.scale.pool_seconds for s in students)
+    assert plan.chain_seconds(big) == plan.pool_seconds(big) + max(plan.pool_seconds(s) for s in students)
+    small = plan.pool_of(plan.jobs[[j.experiment for j in plan.jobs].index("small")].key).id
+    assert plan.chain_seconds(small) == plan.pool_seconds(small)  # nothing waits for it

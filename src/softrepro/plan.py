@@ -171,6 +171,22 @@ class Plan:
         seeds = len(self.batch(self.scale.seeds[0]))
         return sum(self.run_seconds(k, seeds) for k in self.pool(pid).keys)
 
+    def chain_seconds(self, pid: str) -> float:
+        """Pool ``pid``'s expected seconds plus the longest chain of pools that wait for it (the
+        students of the teachers it trains): its priority in the DAG, so that a teacher starts before
+        a longer job that nothing waits for."""
+        own = self.pool_seconds(pid)
+        return own + max((self.chain_seconds(c) for c in self._waiting.get(pid, ())), default=0.0)
+
+    @cached_property
+    def _waiting(self) -> dict[str, set[str]]:
+        """For each pool, the pools whose runs read a teacher it trains."""
+        out: dict[str, set[str]] = {}
+        for j in self.jobs:
+            if j.key and j.teacher:
+                out.setdefault(self.pool_of(j.teacher).id, set()).add(self.pool_of(j.key).id)
+        return out
+
     @cached_property
     def throughput(self):
         """The committed throughput table (``estimate.THROUGHPUT``), read when first needed; None without one."""

@@ -79,8 +79,9 @@ rule run:
     threads: lambda w: (PLAN.computing(_pool(w).keys[0]).get("cores") or workflow.cores) if _pool(w).kind == "benchmark"
              else PLAN.scale.train_threads
     # longest first: a benchmark (it takes every core), then the training jobs by their expected
-    # seconds (benchmarks/throughput.csv), so that no long job is left alone on one core at the end
-    priority: lambda w: 10**7 if _pool(w).kind == "benchmark" else int(PLAN.pool_seconds(w.pool))
+    # seconds (benchmarks/throughput.csv) plus those of the students that wait for the teachers they
+    # train, so that no long job or chain is left alone on one core at the end
+    priority: lambda w: 10**7 if _pool(w).kind == "benchmark" else int(PLAN.chain_seconds(w.pool))
     resources:
         gpu=_gpu,
         gpu_slots=_gpu_slots,
