@@ -104,3 +104,23 @@ def cli_run(root: Path, paper: str, experiment: str, out: Path, env_extra: dict 
 # Fault-injection outcomes of this session (tests/test_heal.py, tests/test_faults.py), written to
 # benchmarks/faults.md by the last test of test_faults.py under `make test-faults`.
 FAULTS: list[dict] = []
+
+
+def write_tiny_text(project, spec: dict, name: str) -> Path:
+    """A stand-in tiny-shakespeare (3,000 words of Hamlet's line, seeded), marked available, and
+    ``spec`` as configs/papers/<name>.yaml: what a language-model test trains through the engine."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    words = "to be or not to be that is the question whether tis nobler in the mind to suffer ".split()
+    rng = np.random.default_rng(0)
+    (project / "data" / "tinyshakespeare").mkdir(parents=True)
+    (project / "data" / "tinyshakespeare" / "input.txt").write_text(" ".join(rng.choice(words, 3000)) + "\n")
+    marker = project / "results" / "datasets" / "tinyshakespeare.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"dataset": "tinyshakespeare", "available": True}))
+    path = project / "configs" / "papers" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -1,18 +1,18 @@
 """Attention normalisations against their formulas, the decoder's causality and measures, and a
 language-model run through the real training loop."""
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from softrepro.datasets import lm_windows
 from softrepro.methods.attention import normalisations as N
 from softrepro.methods.attention.decoder import Attention, Decoder, lm_losses, rope
 from softrepro.runner import run_job
+
+from conftest import write_tiny_text
 
 T = 7
 
@@ -163,15 +163,7 @@ SPEC = {
 
 
 def test_a_language_model_trains_through_the_engine(project):
-    words = "to be or not to be that is the question whether tis nobler in the mind to suffer ".split()
-    rng = np.random.default_rng(0)
-    (project / "data" / "tinyshakespeare").mkdir(parents=True)
-    (project / "data" / "tinyshakespeare" / "input.txt").write_text(" ".join(rng.choice(words, 3000)) + "\n")
-    marker = project / "results" / "datasets" / "tinyshakespeare.json"
-    marker.parent.mkdir(parents=True)
-    marker.write_text(json.dumps({"dataset": "tinyshakespeare", "available": True}))
-    (project / "configs" / "papers" / "tinylm.yaml").write_text(yaml.safe_dump(SPEC))
-    rec = run_job(project / "configs/papers/tinylm.yaml", "lm", 0, "smoke", project / "out", project, progress=False,
+    rec = run_job(write_tiny_text(project, SPEC, "tinylm"), "lm", 0, "smoke", project / "out", project, progress=False,
                   log=lambda m: None)
     assert rec["status"] == "ok", rec
     m = rec["metrics"]

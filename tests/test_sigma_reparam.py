@@ -1,18 +1,17 @@
 """σReparam (Zhai et al. 2023) as the shared decoder's option, against the authors' code
 (apple/ml-sigma-reparam vision/layers.py), and the attention-entropy floor benchmark."""
-import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from softrepro.methods.attention.decoder import Decoder
 from softrepro.methods.attention.sigma_reparam import SigmaReparam, row_entropy, run_benchmark
 from softrepro.runner import run_job
+
+from conftest import write_tiny_text
 
 
 def top_singular_value(w: torch.Tensor) -> float:
@@ -128,15 +127,7 @@ SPEC = {
 
 
 def test_a_sigma_reparam_decoder_trains_through_the_engine(project):
-    words = "to be or not to be that is the question whether tis nobler in the mind to suffer ".split()
-    rng = np.random.default_rng(0)
-    (project / "data" / "tinyshakespeare").mkdir(parents=True)
-    (project / "data" / "tinyshakespeare" / "input.txt").write_text(" ".join(rng.choice(words, 3000)) + "\n")
-    marker = project / "results" / "datasets" / "tinyshakespeare.json"
-    marker.parent.mkdir(parents=True)
-    marker.write_text(json.dumps({"dataset": "tinyshakespeare", "available": True}))
-    (project / "configs" / "papers" / "tinysr.yaml").write_text(yaml.safe_dump(SPEC))
-    rec = run_job(project / "configs/papers/tinysr.yaml", "lm", 0, "smoke", project / "out", project, progress=False,
+    rec = run_job(write_tiny_text(project, SPEC, "tinysr"), "lm", 0, "smoke", project / "out", project, progress=False,
                   log=lambda m: None)
     assert rec["status"] == "ok", rec
     assert rec["metrics"]["diverged"] == 0.0 and "final_attn_entropy_min" in rec["metrics"]

@@ -18,13 +18,13 @@ from softrepro.registry import NotRun
 
 def kernels(module: str, device: str):
     """Import ``softrepro.methods.kernels.<module>`` (which needs triton) for a run on ``device``."""
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be cuda or cpu, not {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise NotRun("needs a GPU (CUDA): none on this machine")
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("device: cpu runs the Triton kernels through Triton's interpreter only (TRITON_INTERPRET=1, "
                          "as `make test-triton` sets it); on a GPU use device: cuda")
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"device must be cuda or cpu, not {device!r}")
     try:
         return importlib.import_module(f"softrepro.methods.kernels.{module}")
     except ImportError as err:

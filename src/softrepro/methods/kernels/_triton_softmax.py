@@ -37,6 +37,16 @@ def _block(row_ptr, start, V, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _row_max(row_ptr, V, BLOCK: tl.constexpr):
+    """The safe algorithms' first pass: the row's maximum."""
+    mv = tl.full([BLOCK], LOW, tl.float32)
+    for start in range(0, V, BLOCK):
+        x, _ = _block(row_ptr, start, V, BLOCK)
+        mv = tl.maximum(mv, x)
+    return tl.max(mv, axis=0)
+
+
+@triton.jit
 def _online_merge(m, d, x):
     """Add a block to the per-lane running (max, sum of exp(x - max))."""
     m_new = tl.maximum(m, x)
@@ -97,11 +107,7 @@ def naive_kernel(x_ptr, y_ptr, V, stride, BLOCK: tl.constexpr):
 def safe_kernel(x_ptr, y_ptr, V, stride, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     xr, yr = x_ptr + row * stride, y_ptr + row * stride
-    mv = tl.full([BLOCK], LOW, tl.float32)
-    for start in range(0, V, BLOCK):
-        x, _ = _block(xr, start, V, BLOCK)
-        mv = tl.maximum(mv, x)
-    m = tl.max(mv, axis=0)
+    m = _row_max(xr, V, BLOCK)
     acc = tl.zeros([BLOCK], tl.float32)
     for start in range(0, V, BLOCK):
         x, _ = _block(xr, start, V, BLOCK)
@@ -146,11 +152,7 @@ def topk_kernel(x_ptr, val_ptr, idx_ptr, V, stride, K: tl.constexpr, KP: tl.cons
 def safe_topk_fused_kernel(x_ptr, val_ptr, idx_ptr, V, stride, K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     xr = x_ptr + row * stride
-    mv = tl.full([BLOCK], LOW, tl.float32)
-    for start in range(0, V, BLOCK):
-        x, _ = _block(xr, start, V, BLOCK)
-        mv = tl.maximum(mv, x)
-    m = tl.max(mv, axis=0)
+    m = _row_max(xr, V, BLOCK)
     acc = tl.zeros([BLOCK], tl.float32)
     tv = tl.full([KP], float("-inf"), tl.float32)
     ti = tl.full([KP], -1, tl.int64)
