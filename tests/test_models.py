@@ -52,3 +52,34 @@ def test_unit_norm_init_scales_each_unit_and_zeroes_biases():
         assert (lin.bias == 0).all()
     with pytest.raises(ValueError, match="3 linear layers"):
         MLP(in_shape=(20,), n_classes=3, hidden=(8, 8), init="unit_norm", init_divisors=[1.0])
+
+
+def test_mlp_max_norm_input_dropout_and_normal_init():
+    """The MLP options of the dropout nets (input dropout, N(0, std²) weights, a max-norm constraint on each
+    hidden unit's incoming weights after every update) and that the training loop applies the constraint."""
+    torch.manual_seed(0)
+    net = MODELS.get("mlp")((1, 28, 28), 10, hidden=[50, 40], input_dropout=0.2, dropout=0.5, init="normal",
+                            init_std=0.01, max_sq_norm=15.0)
+    assert isinstance(net.body[1], torch.nn.Dropout) and net.body[1].p == 0.2
+    w = net.hidden_layers()[0].weight
+    assert abs(float(w.std()) - 0.01) < 0.001 and float(net.hidden_layers()[0].bias.abs().max()) == 0.0
+    with torch.no_grad():
+        for layer in net.hidden_layers() + [net.readout]:
+            layer.weight.mul_(1000.0)
+    before = [l.weight.clone() for l in net.hidden_layers()]
+    readout = net.readout.weight.clone()
+    net.constrain()
+    for layer, old in zip(net.hidden_layers(), before):
+        sq = layer.weight.square().sum(1)
+        assert torch.allclose(sq, torch.full_like(sq, 15.0), rtol=1e-5)  # every row was above: scaled to the bound
+        cos = torch.nn.functional.cosine_similarity(layer.weight, old, dim=1)
+        assert torch.allclose(cos, torch.ones_like(cos), atol=1e-6)  # the direction is kept
+    assert torch.equal(net.readout.weight, readout)  # the readout is not constrained
+    with torch.no_grad():
+        net.hidden_layers()[1].weight[0] = 0.1  # a row inside the bound is left alone
+    kept = net.hidden_layers()[1].weight[0].clone()
+    net.constrain()
+    assert torch.equal(net.hidden_layers()[1].weight[0], kept)
+    with pytest.raises(ValueError, match="max_sq_norm"):
+        MODELS.get("mlp")((784,), 10, max_sq_norm=0)
+

@@ -329,3 +329,26 @@ def test_train_classes_and_logit_shift(tiny):
     out = shifted_errors(z, torch.tensor([2, 2, 0]), [2], 1.5)
     assert out == {"test_errors": 2, "test_error": 2 / 3, "test_errors_class_2": 2,
                    "shifted_test_errors": 1, "shifted_test_error": 1 / 3, "shifted_test_errors_class_2": 0}
+
+
+def test_a_max_norm_mlp_trained_by_the_engine_keeps_its_bound_and_sgd_momentum_ramp_runs(tiny):
+    """The dropout nets' recipe through the training loop: the MLP's max-norm constraint after every update
+    (a bound far below where Adam/SGD would take the weights) and SGD under the momentum ramp."""
+    import torch
+
+    spec = yaml.safe_load((tiny / "configs/papers/tinytest.yaml").read_text())
+    exp = spec["experiments"]["tiny"]
+    exp["model"] = {"name": "mlp", "hidden": [32, 32], "input_dropout": 0.2, "dropout": 0.5, "init": "normal",
+                    "init_std": 0.01, "max_sq_norm": 0.05}
+    exp["optimizer"] = {"name": "sgd", "lr": 10.0, "momentum": 0.5}
+    exp["schedule"] = {"name": "momentum_ramp", "epoch_steps": 5, "momentum": [0.5, 0.99], "ramp_epochs": 4,
+                       "decay": 0.998}
+    (tiny / "configs/papers/tinytest.yaml").write_text(yaml.safe_dump(spec))
+    rec = _run(tiny, tiny / "a")
+    assert rec["status"] == "ok" and rec["metrics"]["test_loss"] == rec["metrics"]["test_loss"]  # finite
+    state = torch.load(tiny / "a" / "model.pt", weights_only=True)
+    hidden = [v for k, v in state.items() if k.startswith("body.") and k.endswith(".weight")]
+    assert len(hidden) == 2
+    for w in hidden:
+        assert float(w.square().sum(1).max()) <= 0.05 * (1 + 1e-5)
+    assert float(state["readout.weight"].square().sum(1).max()) > 0.05  # the readout is free

@@ -35,7 +35,17 @@ def _init(module: nn.Module, init: str, divisors=None) -> None:
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         return
-    raise ValueError(f"unknown init {init!r} (torch, truncnormal, glorot, unit_norm)")
+    raise ValueError(f"unknown init {init!r} (torch, truncnormal, glorot, unit_norm; an MLP also takes normal)")
+
+
+def _init_normal(module: nn.Module, std: float) -> None:
+    """Every weight N(0, std^2), every bias 0."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, float(std))
+                if m.bias is not None:
+                    m.bias.zero_()
 
 
 class ConvNet(nn.Module):
@@ -84,13 +94,21 @@ def _output_activation(output: str) -> nn.Module:
 class MLP(nn.Module):
     """Fully-connected ReLU network: ``hidden`` widths (``bias=False``: no biases anywhere), dropout after each hidden layer, a
     linear readout (``self.readout``) and an optional output activation (``relu``: the
-    ReLU classifier of Agarap 2018).  ``self.penultimate`` holds the readout's last input."""
+    ReLU classifier of Agarap 2018).  ``self.penultimate`` holds the readout's last input.
+
+    ``input_dropout``: dropout on the input pixels too.  ``init: normal``: weights N(0, ``init_std``²),
+    zero biases.  ``max_sq_norm``: after every optimizer step (``constrain``, called by the training
+    loop) each hidden unit whose incoming weight vector has a squared L2 length above it is scaled
+    back to that length (biases and the readout are not constrained)."""
 
     def __init__(self, in_shape=(784,), n_classes=10, hidden=(256, 256), dropout=0.0, output="linear",
-                 activation="relu", init="torch", bias=True, init_divisors=None):
+                 activation="relu", init="torch", bias=True, init_divisors=None, input_dropout=0.0,
+                 init_std=0.01, max_sq_norm=None):
         super().__init__()
         act = ACTIVATIONS[activation]
         d, layers = int(torch.tensor(in_shape).prod()), [nn.Flatten()]
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
         for width in hidden:
             layers += [nn.Linear(d, width, bias=bias), act()] + ([nn.Dropout(dropout)] if dropout else [])
             d = width
@@ -98,7 +116,25 @@ class MLP(nn.Module):
         self.readout = nn.Linear(d, n_classes, bias=bias)
         self.output = _output_activation(output)
         self.penultimate: torch.Tensor | None = None
-        _init(self, init, init_divisors)
+        if max_sq_norm is not None and not float(max_sq_norm) > 0:
+            raise ValueError(f"mlp max_sq_norm must be positive, not {max_sq_norm!r}")
+        self.max_sq_norm = None if max_sq_norm is None else float(max_sq_norm)
+        if init == "normal":
+            _init_normal(self, init_std)
+        else:
+            _init(self, init, init_divisors)
+
+    def hidden_layers(self) -> list[nn.Linear]:
+        return [m for m in self.body if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """The max-norm constraint (``max_sq_norm``) on each hidden unit's incoming weights."""
+        if self.max_sq_norm is None:
+            return
+        for layer in self.hidden_layers():
+            sq = layer.weight.square().sum(1, keepdim=True)
+            layer.weight.mul_(torch.where(sq > self.max_sq_norm, (self.max_sq_norm / sq).sqrt(), torch.ones_like(sq)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.penultimate = self.body(x)

@@ -66,3 +66,42 @@ def warmup(opt, steps: int, warmup: int, then: str = "cosine", start: float = 0.
         return (final + (base - final) * 0.5 * (1 + math.cos(math.pi * t))) / base
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class MomentumRamp(torch.optim.lr_scheduler.LRScheduler):
+    """Per epoch e (``epoch_steps`` training steps each): momentum m(e) rises linearly from
+    ``momentum[0]`` to ``momentum[1]`` over the first ``ramp_epochs`` epochs and then stays; the
+    learning rate is lr x ``decay``^e, times (1 - m(e)) when ``scale_by_momentum`` (so that a step
+    of the momentum average moves the weights by about lr x gradient whatever m is).  Sets each
+    parameter group's ``momentum``, so it needs an optimizer with one (``sgd``)."""
+
+    def __init__(self, opt, epoch_steps: int, momentum=(0.5, 0.99), ramp_epochs: float = 500, decay: float = 1.0,
+                 scale_by_momentum: bool = True):
+        if epoch_steps < 1 or ramp_epochs <= 0 or not 0 < decay <= 1 or len(momentum) != 2:
+            raise ValueError(f"schedule 'momentum_ramp': epoch_steps >= 1, ramp_epochs > 0, decay in (0, 1] and "
+                             f"momentum [start, end] needed (got {epoch_steps}, {ramp_epochs}, {decay}, {momentum})")
+        if any("momentum" not in g for g in opt.param_groups):
+            raise ValueError("schedule 'momentum_ramp' sets the momentum: use an optimizer with one (sgd)")
+        self.epoch_steps, self.ramp_epochs, self.decay = int(epoch_steps), float(ramp_epochs), float(decay)
+        self.m0, self.m1 = (float(m) for m in momentum)
+        self.scale_by_momentum = bool(scale_by_momentum)
+        super().__init__(opt)
+
+    def momentum_at(self, epoch: int) -> float:
+        return self.m0 + (self.m1 - self.m0) * min(1.0, epoch / self.ramp_epochs)
+
+    def get_lr(self):
+        epoch = self.last_epoch // self.epoch_steps
+        m = self.momentum_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["momentum"] = m
+        scale = self.decay ** epoch * ((1 - m) if self.scale_by_momentum else 1.0)
+        return [base * scale for base in self.base_lrs]
+
+
+@SCHEDULES.register("momentum_ramp")
+def momentum_ramp(opt, steps: int, epoch_steps: int, momentum=(0.5, 0.99), ramp_epochs: float = 500,
+                  decay: float = 1.0, scale_by_momentum: bool = True):
+    """SGD momentum ramped per epoch, the learning rate decayed per epoch and scaled by (1 - momentum):
+    ``MomentumRamp``."""
+    return MomentumRamp(opt, epoch_steps, momentum, ramp_epochs, decay, scale_by_momentum)

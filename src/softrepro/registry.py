@@ -84,7 +84,7 @@ class Registry:
 
 LOSSES = Registry("loss")
 MODELS = Registry("model", fixed=("in_shape", "n_classes"))
-BENCHMARKS = Registry("benchmark", fixed=("threads",))  # run(params: dict, seed, progress) -> (metrics, rows)
+BENCHMARKS = Registry("benchmark", fixed=("threads", "data"))  # run(params: dict, seed, progress) -> (metrics, rows); "data": the splits of the experiment's `dataset`, when it declares one
 OPTIMIZERS = Registry("optimizer", fixed=("params",))  # make(params, **kw) -> torch.optim.Optimizer
 SCHEDULES = Registry("schedule", fixed=("opt", "steps"))  # make(optimizer, steps, **kw) -> LR scheduler, stepped per training step
 FORMATS = Registry("dataset format")  # load(name, cfg, data_dir, seed, params) -> splits (softrepro.datasets)

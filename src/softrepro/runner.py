@@ -88,7 +88,7 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     steps = pd.DataFrame()
     t0 = time.perf_counter()
     reason = exp.get("skip")
-    if not reason and exp["kind"] == "train":
+    if not reason:  # a training run's datasets, or the one a benchmark declares (``dataset:``)
         for name in experiment_datasets(exp):  # its own, then e.g. its OOD sets'
             marker = json.loads((root / Layout(results, scale).dataset_marker(name)).read_text())
             record.setdefault("dataset", marker)
@@ -120,6 +120,11 @@ def run_job(paper_path: Path, experiment: str, seed: int, scale: str, out_dir: P
     else:
         params = {k: v for k, v in exp["benchmark"].items() if k != "name"}
         params.setdefault("threads", threads)
+        if exp.get("dataset"):  # a benchmark that declares a dataset (a DAG input, as for training) gets its splits
+            from softrepro.datasets import load_splits
+            from softrepro.spec import load_datasets
+
+            params["data"] = load_splits(exp["dataset"], load_datasets(root)[exp["dataset"]], root, seed)
         bar = None
         if progress:
             from tqdm import tqdm

@@ -237,6 +237,8 @@ def load_paper(path: Path, root: Path | None = None, datasets: dict | None = Non
         elif exp["benchmark"]["name"] not in BENCHMARKS:
             raise SpecError(path, f"{where}.benchmark.name", f"unknown benchmark {exp['benchmark']['name']!r} (known: {', '.join(BENCHMARKS.names())})")
         else:
+            if exp.get("dataset") and exp["dataset"] not in datasets:  # a benchmark may read one dataset (params["data"])
+                raise SpecError(path, f"{where}.dataset", f"unknown dataset {exp['dataset']!r} (configs/datasets.yaml has {', '.join(datasets)})")
             for scale in SCALES:
                 _check_keys(BENCHMARKS, exp["benchmark"]["name"], resolve_experiment(exp, scale)["benchmark"], path,
                             f"{where}.benchmark", scale)

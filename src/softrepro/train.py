@@ -223,14 +223,26 @@ def predict(model, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     return out
 
 
-def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
+def teacher_outputs(cfg: dict, weights: Path, x: torch.Tensor, n_classes: int, dtype, features: bool = False):
     """The trained teacher's outputs (logits) on ``x``, computed once before the student trains;
-    ``cfg`` is the student's resolved ``teacher`` entry (its model and run key)."""
+    ``cfg`` is the student's resolved ``teacher`` entry (its model and run key).  With ``features``
+    also its penultimate features (the model's ``penultimate``) from the same pass: (logits, features)."""
     model_cfg = dict(cfg["model"])
     model = MODELS.get(model_cfg.pop("name"))(in_shape=tuple(x.shape[1:]), n_classes=n_classes, **model_cfg)
     model = model.to(device=x.device, dtype=dtype)
     model.load_state_dict(torch.load(weights, map_location=x.device, weights_only=True))
-    return predict(model, x)
+    if not features:
+        return predict(model, x)
+    model.eval()
+    logits, feats = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), 1000):
+            logits.append(model(x[i : i + 1000]))
+            if getattr(model, "penultimate", None) is None:
+                raise ValueError(f"the teacher {cfg['experiment']!r} ({cfg['model']['name']}) keeps no penultimate "
+                                 "features, which this run's loss reads")
+            feats.append(model.penultimate)
+    return torch.cat(logits), torch.cat(feats)
 
 
 def init_from_teacher(model, cfg: dict, weights: Path, model_cfg: dict) -> None:
@@ -309,11 +321,18 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
     opt = _make_optimizer(exp["optimizer"], model)
     sched = _make_schedule(exp.get("schedule"), opt, exp["steps"])
     augment = exp.get("augment")  # {shift: pixels}: training inputs jittered each step
-    teacher = None
+    teacher = teacher_features = None
     if exp.get("teacher") and exp.get("teacher_init"):  # fine-tuning: start from the teacher's trained weights
         init_from_teacher(model, exp["teacher"], teacher_model, exp["model"])
     elif exp.get("teacher"):  # a distillation student: the loss gets the teacher's logits of each batch
-        teacher = teacher_outputs(exp["teacher"], teacher_model, xtr, n_classes, DTYPES[exp.get("dtype", "float32")])
+        # a loss with set_teacher_features(features, labels) also reads the teacher's penultimate features: all
+        # of them once (e.g. for class means), and each batch's as teacher_features=
+        wants_features = hasattr(loss_fn, "set_teacher_features")
+        teacher = teacher_outputs(exp["teacher"], teacher_model, xtr, n_classes, DTYPES[exp.get("dtype", "float32")],
+                                  features=wants_features)
+        if wants_features:
+            teacher, teacher_features = teacher
+            loss_fn.set_teacher_features(teacher_features, ytr)
     outliers = exp.get("outliers")  # generated auxiliary outliers: their logits go to the loss as outliers=
     if bool(outliers) != bool(getattr(loss_fn, "takes_outliers", False)):
         raise ValueError(f"loss {exp['loss']['name']!r} and 'outliers' go together: "
@@ -357,6 +376,11 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             log("checkpoint belongs to another configuration; starting afresh")
 
     progress_hooks = [obj for obj in (loss_fn, model) if hasattr(obj, "set_progress")]  # set_progress(step, steps)
+    measuring = getattr(model, "set_measuring", None)
+    constrain = getattr(model, "constrain", None)
+
+    def logged(done: int) -> bool:  # whether the step that ends with ``done`` steps writes a log row
+        return done % log_every == 0 or done == steps or (bool(eval_every) and done % eval_every == 0)
     fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
     t0 = time.perf_counter()
     # the window's sums stay on the device (float64, as Python floats were): no sync per step
@@ -372,7 +396,11 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             xb = shift_images(xb, augment["shift"])
         for hooked in progress_hooks:  # e.g. a loss weight or a temperature that follows training progress
             hooked.set_progress(step, steps)
+        if measuring is not None:  # a model's own measures are kept for the batches that are logged only
+            measuring(logged(step + 1))
         extra = {} if teacher is None else {"teacher": teacher[idx]}
+        if teacher_features is not None:
+            extra["teacher_features"] = teacher_features[idx]
         if out_stream is None:
             out = model(xb)
         else:  # in-distribution and outlier batches in one forward pass, split after
@@ -387,6 +415,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        if constrain is not None:  # a model's constraint on its weights, after every update (e.g. max-norm)
+            constrain()
         if sched is not None:
             sched.step()
         win_loss = win_loss + loss.detach().double()
@@ -395,7 +425,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         win_n += 1
         done = step + 1
         evaluate_now = bool(eval_every) and (done % eval_every == 0 or done == steps)
-        if done % log_every == 0 or done == steps or evaluate_now:
+        if logged(done):
             row = {"step": done, "train_loss": float(win_loss) / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:
                 row.update(train_accuracy=float(win_acc) / win_n, train_sc_fraction=softmax_collapse_fraction(out, precision=loss_bits))
