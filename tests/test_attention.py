@@ -132,6 +132,30 @@ def test_decoder_logs_its_attention_measures_in_training_only():
     assert stats["output_log_z"] == pytest.approx(math.log(5), abs=0.05)
 
 
+@pytest.mark.parametrize("qk_norm", [None, "layernorm", "l2"])
+def test_fused_softmax_without_measures_is_the_explicit_softmax(qk_norm):
+    """Between logged batches a softmax layer runs PyTorch's fused attention: same outputs and gradients."""
+    torch.manual_seed(0)
+    model = Decoder((16,), 11, d=16, layers=2, heads=2, qk_norm=qk_norm).double().train()
+    ids = torch.randint(0, 11, (3, 16))
+    outs, grads = [], []
+    for on in (True, False):
+        model.set_measuring(on)
+        model.zero_grad()
+        out = model(ids)
+        out.square().mean().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.allclose(outs[0], outs[1], atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(*grads))
+    model.blocks[0].attn.stats = None
+    model(ids)  # not measuring: the batch leaves no measures behind
+    assert model.blocks[0].attn.stats is None
+    model.set_measuring(True)
+    model(ids)
+    assert model.blocks[0].attn.stats is not None
+
+
 def test_lm_windows_and_losses_use_the_same_tokens_at_every_length():
     ids = np.arange(1000) % 13
     d = lm_windows(ids[:600], ids[600:], context=8, eval_tokens=300)

@@ -2,7 +2,8 @@
 ``normalisations``, and the ``lm`` task that evaluates it at 1x to 16x its training context.
 
 The model keeps measures of its last training batch (max attention logit and head entropy per
-layer, the output log-partition function), which the training loop logs (``log_stats``).
+layer, the output log-partition function), which the training loop logs (``log_stats``); the
+per-head null-attention measures (``head_stats``) are reported once, at the end of training.
 """
 from __future__ import annotations
 
@@ -51,36 +52,56 @@ class Attention(nn.Module):
         if qk_norm not in (None, "layernorm", "l2"):
             raise ValueError(f"qk_norm must be null, 'layernorm' or 'l2', not {qk_norm!r}")
         self.qk_norm = qk_norm
+        if qk_norm == "l2" and any(getattr(m, "cosine_logits", False) for m in (self.norm, self.norm_after)):
+            raise ValueError("qk_norm 'l2' (QKNorm's g q̂·k̂) cannot feed a normalisation that takes the cosine of q and k")
         if qk_norm == "layernorm":
             self.q_ln = nn.LayerNorm(self.dh, eps=1e-6, bias=False)
             self.k_ln = nn.LayerNorm(self.dh, eps=1e-6, bias=False)
         if qk_norm == "l2":
             self.g = nn.Parameter(torch.tensor(math.log2(context**2 - context)))
         self.stats: dict | None = None
+        self.measure = True  # keep this training batch's measures (the decoder's ``set_measuring``)
 
-    def logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def queries_keys(self, q: torch.Tensor, k: torch.Tensor, cosine: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(q', k', scale) with logits = scale · q'·k': q·k / sqrt(d_h); g q̂·k̂ with QKNorm; the cosine
+        q̂·k̂ alone for a normalisation that sets ``cosine_logits`` (LSSA, Gao & Spratling 2025, which
+        L2-normalises the rows of Q and K first)."""
         if self.qk_norm == "layernorm":
             q, k = self.q_ln(q), self.k_ln(k)
         if self.rope_theta:
             q, k = rope(q, k, theta=self.rope_theta)
         if self.qk_norm == "l2":
-            return self.g * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
-        return q @ k.transpose(-1, -2) / math.sqrt(self.dh)
+            return self.g * F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
+        if cosine:
+            return F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
+        return q, k, 1.0 / math.sqrt(self.dh)
+
+    def logits(self, q: torch.Tensor, k: torch.Tensor, cosine: bool = False) -> torch.Tensor:
+        q, k, scale = self.queries_keys(q, k, cosine)
+        z = q @ k.transpose(-1, -2)
+        return z if scale == 1.0 else z * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
-        z = self.logits(q, k)
-        mask, n = normalisations.attended(t, causal=self.causal, device=x.device)
         norm = self.norm_after if self.swapped else self.norm
+        measure = self.training and self.measure
+        if type(norm) is normalisations.Softmax and not measure:
+            # plain softmax and no measures wanted: PyTorch's fused kernel, the same weights without storing them
+            qs, ks, scale = self.queries_keys(q, k)
+            o = F.scaled_dot_product_attention(qs, ks, v, is_causal=self.causal, scale=scale)
+            return self.proj(o.transpose(1, 2).reshape(b, t, d))
+        z = self.logits(q, k, cosine=getattr(norm, "cosine_logits", False))
+        mask, n = normalisations.attended(t, causal=self.causal, device=x.device)
         w = norm(z, mask, n.to(z.dtype))
-        if self.training:  # measures of this batch, for the step log (no gradient, no sync)
+        if measure:  # measures of this batch, for the step log (no gradient, no sync)
             with torch.no_grad():
                 wd = w.detach()
+                null = ((wd * mask).sum(-1) == 0).float().mean((0, 2))  # per head: queries attending to nothing
                 self.stats = {"logit_max": z.detach().masked_fill(~mask, float("-inf")).amax(),
                               "entropy": normalisations.row_entropy(wd, mask).mean((0, 2)),  # per head
                               "zero_frac": ((wd == 0) & mask).sum() / (mask.sum() * b * self.heads),  # sparsity
-                              "null_rows": ((wd * mask).sum(-1) == 0).float().mean()}  # queries attending to nothing
+                              "null_rows": null.mean(), "null_heads": null}
         o = (w @ v).transpose(1, 2).reshape(b, t, d)
         if getattr(norm, "output_norm", None) is not None:  # ReLA: the heads' outputs are normalised together
             o = norm.output_norm(o)
@@ -142,6 +163,13 @@ class Decoder(nn.Module):
             for block in self.blocks:
                 block.attn.swapped = step >= self.swap_at * steps
 
+    def set_measuring(self, on: bool) -> None:
+        """Whether the next training batches keep their measures (``log_stats``).  The training loop
+        turns it on only for the batches it logs; without measures a softmax layer runs PyTorch's
+        fused attention, which never forms the weights."""
+        for block in self.blocks:
+            block.attn.measure = bool(on)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
         for block in self.blocks:
@@ -171,6 +199,20 @@ class Decoder(nn.Module):
         out["attn_zero_frac"], out["attn_null_row_frac"] = zeros, nulls
         out["output_log_z"], out["output_abs_log_z"] = (float(v) for v in self._log_z)
         return out
+
+    def head_stats(self) -> dict:
+        """Null attention per head in the last training batch (after Zhang, Titov & Sennrich 2021's "null
+        attention": a query whose weights are all 0).  For each head of every layer, the fraction of its
+        query rows (batch x positions) that are null; ``attn_null_head_max``: the largest such fraction
+        among the heads that attend for at least one query (a head that attends to nothing for some
+        queries only), 0 if there is none; ``attn_dead_head_frac``: the fraction of heads that attend to
+        nothing for every query.  Empty before a training batch."""
+        if self._log_z is None:
+            return {}
+        rates = torch.cat([block.attn.stats["null_heads"].float().cpu() for block in self.blocks])
+        active = rates[rates < 1]
+        return {"attn_null_head_max": float(active.max()) if len(active) else 0.0,
+                "attn_dead_head_frac": float((rates >= 1).float().mean())}
 
 
 MODELS.register("decoder", forwards_to=Decoder)(Decoder)
@@ -213,7 +255,7 @@ def evaluate_lm(model, loss_fn, x, y, final: bool = False) -> dict:
     out["test_loss"] = out["test_loss_x1"]
     if final:
         out["diverged"] = float(not math.isfinite(out["test_loss"]))
-        out.update({f"final_{k}": v for k, v in model.log_stats().items()})
+        out.update({f"final_{k}": v for k, v in {**model.log_stats(), **getattr(model, "head_stats", dict)()}.items()})
     return out
 
 

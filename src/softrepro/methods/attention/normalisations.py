@@ -14,6 +14,8 @@ Sources of the formulas (a paper's own code where one exists):
   "Replacing softmax with ReLU in Vision Transformers": "relu/seqlen" at alpha = 1).
 - ``sa_softmax``: Self-Adjust Softmax (Zheng et al. 2025; a co-author's implementation in HKUDS/SepLLM).
 - ``rela``: ReLU weights and a gated RMS norm of the concatenated head outputs (Zhang, Titov & Sennrich 2021).
+- ``lssa``, ``lssar``: Length Scaled Softplus Attention and its re-weighting (Gao & Spratling 2025, arXiv
+  2501.13428); they take the cosine of q and k as their logits (``cosine_logits``; docs/sources/attention-gao.md).
 """
 from __future__ import annotations
 
@@ -136,7 +138,7 @@ def make(cfg: dict | str, heads: int, width: int | None = None) -> nn.Module:
         raise ValueError(f"unknown attention normalisation {name!r} (known: {', '.join(NORMALISATIONS)})")
     cls = NORMALISATIONS[name]
     try:
-        if cls is ReLA:
+        if cls is ReLA or getattr(cls, "takes_width", False):
             return cls(heads=heads, width=width, **cfg)
         return cls(heads=heads, **cfg) if cls is ScalableSoftmax else cls(**cfg)
     except TypeError as exc:
@@ -165,3 +167,56 @@ def softmax_max_weight(n: int, low: float = -2.0, high: float = 3.0, s: float | 
     else Scalable-Softmax with scale s (closed form, as in Nakanishi 2025 Fig. 1)."""
     gap = (high - low) * (1.0 if s is None else s * math.log(n))
     return 1.0 / (1.0 + (n - 1) * math.exp(-gap))
+
+
+class LengthScaledSoftplus(nn.Module):
+    """LSSA (Gao & Spratling 2025, arXiv 2501.13428): A = Softplus((log d · log N) ⊙ Q̂K̂ᵀ) ⊙ M', then each row
+    divided by its l1 norm.  The logits ``z`` are the cosine q̂·k̂ of the L2-normalised query and key rows (the
+    decoder computes them so for a normalisation that sets ``cosine_logits``), d is the head dimension
+    (``width / heads``) and N_ij the number of keys query i attends (``n``: i in the paper's 1-based causal
+    notation, so per position).  Natural logarithms.
+
+    The formula is read from third-party accounts of the paper that agree with each other; the paper's own
+    method section and code were not reached (docs/sources/attention-gao.md)."""
+
+    cosine_logits = True
+    takes_width = True
+
+    def __init__(self, heads: int, width: int | None = None):
+        super().__init__()
+        if not width or width % heads:
+            raise ValueError(f"LSSA needs the model width, a multiple of heads={heads} (got width={width!r})")
+        self.log_d = math.log(width // heads)
+
+    def softplus(self, z, mask, n):
+        """Softplus(log d log n z) on the attended keys (0 elsewhere) and its row sums."""
+        a = F.softplus(self.log_d * torch.log(n) * z).masked_fill(~mask, 0.0)
+        return a, a.sum(-1, keepdim=True)
+
+    def forward(self, z, mask, n):
+        a, total = self.softplus(z, mask, n)
+        return a / total
+
+
+class LengthScaledSoftplusReweighted(LengthScaledSoftplus):
+    """LSSAR: LSSA, then the re-weighting A <- ReLU(A ⊙ N - O)^p and each row divided by its l1 norm again, with O
+    all ones except its first 3 rows (queries attending n <= 3 keys), which are 0.  ``p``: the power (the
+    paper reports 3 and 15).  Computed as softmax(p · log ReLU(...)) over the attended keys, the same ratio
+    r^p / sum r^p without x^p leaving float range (and faster than rescaling by the row maximum); a row
+    with nothing above the offset (A exactly uniform, n > 3), 0 / 0 in the formula, keeps LSSA's uniform
+    weights."""
+
+    def __init__(self, heads: int, width: int | None = None, p: float = 15.0, offset_rows: int = 3):
+        super().__init__(heads, width)
+        if not float(p) > 0:
+            raise ValueError(f"LSSAR power p must be positive, not {p!r}")
+        self.p, self.offset_rows = float(p), int(offset_rows)
+
+    def forward(self, z, mask, n):
+        a, total = self.softplus(z, mask, n)  # A ⊙ N = a · (n / total)
+        # ReLU(A N - O), its zeros raised to a finite floor (the same weights, no 0 x inf in the gradient)
+        r = (a * (n / total) - (n > self.offset_rows).to(a.dtype)).clamp_min(torch.finfo(a.dtype).tiny)
+        return (self.p * torch.log(r)).masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+NORMALISATIONS.update({"lssa": LengthScaledSoftplus, "lssar": LengthScaledSoftplusReweighted})
