@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import json
 import shutil
 import struct
 import subprocess
@@ -124,3 +125,13 @@ def write_tiny_text(project, spec: dict, name: str) -> Path:
     path = project / "configs" / "papers" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@pytest.fixture
+def standin(project):
+    """A project with tiny synthetic IDX data standing in for fashion-mnist."""
+    write_dataset(project / "data" / "fashion-mnist", n_train=512, n_test=200)
+    marker = project / "results" / "datasets" / "fashion-mnist.json"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"dataset": "fashion-mnist", "available": True}))
+    return project

@@ -12,7 +12,7 @@ from softrepro.methods.distillation.bdkd import BDKD, DML, OnlinePair, balance_w
 from softrepro.methods.distillation.mcmi import MCMI, class_centroids, cmi_estimate, cmi_probe
 from softrepro.registry import LOSSES, MODELS, PROBES
 
-from conftest import REPO, write_dataset
+from conftest import REPO
 
 TEACHER = {"name": "convnet", "channels": [8, 16], "kernel": 5, "hidden": 128, "dropout": 0.0, "channels_last": True}
 
@@ -287,15 +287,6 @@ def test_every_stand_in_claim_is_at_the_stand_in_level_and_can_fail(pid):
 
 
 # ---------------------------------------------------------------- end to end on tiny synthetic data
-
-@pytest.fixture
-def standin(project):
-    write_dataset(project / "data" / "fashion-mnist", n_train=512, n_test=200)
-    marker = project / "results" / "datasets" / "fashion-mnist.json"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"dataset": "fashion-mnist", "available": True}))
-    return project
-
 
 def test_the_mcmi_chain_and_an_online_pair_run_end_to_end(standin):
     from softrepro.runner import run_pool
