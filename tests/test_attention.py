@@ -132,6 +132,36 @@ def test_decoder_logs_its_attention_measures_in_training_only():
     assert stats["output_log_z"] == pytest.approx(math.log(5), abs=0.05)
 
 
+def test_rms_qk_norm_sets_the_logit_scale_to_kappa():
+    """qk_norm 'rms': q and k scaled to root-mean-square sqrt(kappa) over the head dimension before RoPE and
+    the usual 1/sqrt(d_h), so the logits are kappa sqrt(d_h) cos(q, k) (RoPE rotates, it keeps the norm)."""
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 6, 8) * 5, torch.randn(1, 2, 6, 8) * 0.1
+    for kappa in (1.0, 1e3):
+        att = Attention(16, 2, 6, "softmax", "rms", None, qk_kappa=kappa)
+        qs, ks, scale = att.queries_keys(q, k)
+        assert torch.allclose(qs.pow(2).mean(-1), torch.full((1, 2, 6), kappa), rtol=1e-3)
+        assert torch.allclose(ks.pow(2).mean(-1), torch.full((1, 2, 6), kappa), rtol=1e-3)
+        cos = torch.nn.functional.cosine_similarity(q.unsqueeze(-2), k.unsqueeze(-3), dim=-1)
+        assert torch.allclose(att.logits(q, k), kappa * math.sqrt(8) * cos, rtol=1e-3, atol=1e-3 * kappa)
+    with pytest.raises(ValueError, match="qk_kappa"):
+        Attention(16, 2, 6, "softmax", "layernorm", None, qk_kappa=10.0)
+    with pytest.raises(ValueError, match="positive"):
+        Attention(16, 2, 6, "softmax", "rms", None, qk_kappa=0.0)
+    model = Decoder((8,), 5, d=16, layers=1, heads=2, qk_norm="rms", qk_kappa=1e4)
+    model.train()(torch.randint(0, 5, (2, 8)))
+    assert model.log_stats()["attn_logit_max_l0"] > 1e4  # logits of order kappa from the first step
+
+
+def test_a_decoder_without_layers_is_a_bigram_model():
+    torch.manual_seed(0)
+    model = Decoder((8,), 5, d=16, layers=0).train()
+    ids = torch.randint(0, 5, (3, 8))
+    out = model(ids)
+    assert torch.allclose(out[:, 1:], model(ids[:, 1:])[:, :], atol=1e-6)  # each position reads its own token only
+    assert set(model.log_stats()) == {"output_log_z", "output_abs_log_z"} and model.head_stats() == {}
+
+
 @pytest.mark.parametrize("qk_norm", [None, "layernorm", "l2"])
 def test_fused_softmax_without_measures_is_the_explicit_softmax(qk_norm):
     """Between logged batches a softmax layer runs PyTorch's fused attention: same outputs and gradients."""
@@ -302,3 +332,18 @@ def test_softmax_jacobian_norm_is_the_closed_form_and_vanishes_with_sharpness():
     m, rows = run_benchmark({"n": 16, "sharpness": [1, 100], "trials": 3}, seed=0)
     assert [r["sharpness"] for r in rows] == [1.0, 100.0]
     assert m["jac_softmax_s100"] < 0.1 * m["jac_softmax_s1"] and m["jac_sa_s100"] > m["jac_softmax_s100"]
+
+
+def test_layer_scale_multiplies_each_residual_branch_by_its_gain():
+    """layer_scale g0: x + g1 * attn(ln1(x)), then + g2 * mlp(ln2(x)), g1 and g2 learnable per channel from g0."""
+    torch.manual_seed(0)
+    plain = Decoder((8,), 5, d=16, layers=1, heads=2).double().eval()
+    scaled = Decoder((8,), 5, d=16, layers=1, heads=2, layer_scale=1e-4).double().eval()
+    scaled.load_state_dict(plain.state_dict(), strict=False)  # the same weights; the gains stay at 1e-4
+    block, x = scaled.blocks[0], torch.randn(2, 8, 16, dtype=torch.float64)
+    assert torch.allclose(block.ls1, torch.full((16,), 1e-4, dtype=torch.float64)) and block.ls2.requires_grad
+    h = x + block.ls1 * block.attn(block.ln1(x))
+    assert torch.allclose(block(x), h + block.ls2 * block.mlp(block.ln2(h)), atol=1e-14)
+    assert plain.blocks[0].ls1 is None and not torch.allclose(plain.blocks[0](x), block(x))
+    with pytest.raises(ValueError, match="layer_scale"):
+        Decoder((8,), 5, d=16, layers=1, heads=2, layer_scale=0.0)

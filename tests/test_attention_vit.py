@@ -110,7 +110,7 @@ def test_spec_runs_at_cpu():
             planned[name] = r
     assert set(planned) == {f"vit-{a}-p7" for a in ("softmax", "relu-a0", "relu-a1", "relu-a2")}  # patch 7 only
     assert planned["vit-relu-a1-p7"]["model"]["attention"] == {"name": "relu", "h": "relu", "alpha": 1.0}
-    assert planned["vit-relu-a1-p7"]["model"]["patch"] == 7 and planned["vit-relu-a1-p7"]["steps"] == 938
+    assert planned["vit-relu-a1-p7"]["model"]["patch"] == 7 and planned["vit-relu-a1-p7"]["steps"] == 469
     assert len(paper.experiments) == 52  # 26 attention settings x 2 patch sizes at paper scale
     for claim in paper.claims:  # every claim's arms exist; the patch-7 relu/softmax ones are in the cpu grid
         arms = set(claim["experiments"].values())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from softrepro.methods.attention.icl_linear import (ICLAttention, bayes_predictions, best_step, gd_direction,
-                                                    gd_mse_theory, run_benchmark, sample_tasks, tokens,
+                                                    gd_mse_theory, run_benchmark, sample_batch, sample_tasks, tokens,
                                                     weight_structure)
 
 TINY = {"d": 5, "L": 40, "noise_var": 0.1, "heads": 2, "steps": 300, "batch": 64, "lr": 1e-2,
@@ -27,6 +27,22 @@ def test_tasks_have_the_official_shapes_and_distribution():
     zq, z = tokens(t["x"][:3], t["y"][:3], t["xq"][:3])
     assert zq.shape == (3, 1, 6) and z.shape == (3, 12, 6)
     assert torch.equal(z[..., -1], t["y"][:3]) and torch.all(zq[..., -1] == 0)
+
+
+def test_training_batches_have_the_same_distribution_as_the_tasks():
+    """``sample_batch`` (one randn call) draws what ``sample_tasks`` + ``tokens`` draw: per task one beta behind
+    the context targets and the query target, each with noise variance 0.1; z_q ends in 0."""
+    zq, z, yq = sample_batch(4000, 200, 5, 0.1, torch.Generator().manual_seed(0))
+    assert zq.shape == (4000, 1, 6) and z.shape == (4000, 200, 6) and yq.shape == (4000,)
+    assert torch.all(zq[..., -1] == 0)
+    x, y = z[..., :5].double(), z[..., 5].double()
+    assert x.var().item() == pytest.approx(1.0, abs=0.01) and zq[..., :5].var().item() == pytest.approx(1.0, abs=0.03)
+    beta = torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)  # per-task least squares on the context
+    assert beta.pow(2).sum(-1).mean().item() == pytest.approx(1.0, abs=0.06)  # E|beta|^2 = 1 (beta ~ N(0, I/d))
+    assert (y - (x @ beta.unsqueeze(-1)).squeeze(-1)).var().item() == pytest.approx(0.1 * 195 / 200, abs=0.005)
+    # the query target follows the same beta: its residual is the noise (0.1) plus the estimate's error (~0.1 d / L)
+    resid = yq.double() - (zq[:, 0, :5].double() * beta).sum(-1)
+    assert resid.pow(2).mean().item() == pytest.approx(0.1 * (1 + 5 / 200), abs=0.01)
 
 
 def _by_hand(model: ICLAttention, zq: np.ndarray, z: np.ndarray, softmax: bool) -> float:

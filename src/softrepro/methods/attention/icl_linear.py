@@ -5,7 +5,8 @@ arXiv 2503.12734; official code XintianPan/ICL_linear: ``icl_linear.ipynb``, ``s
 Task (``LinearReg`` in the official ``utils/data_utils.py``).  Each task draws beta ~ N(0, I_d / d), context
 inputs x_1..x_L and a query x_q ~ N(0, I_d), and targets y = beta^T x + eps with eps ~ N(0, noise_var); the
 query target y_q carries the same noise.  Tokens are the rows z_i = [x_i; y_i] (width d + 1) and the query
-token is z_q = [x_q; 0].  Every training step draws a fresh batch of tasks.
+token is z_q = [x_q; 0].  Every training step draws a fresh batch of tasks (``sample_batch``: the same
+distribution from one ``randn`` call).
 
 Model (``MultiHeadAttention`` of ``src/models.py`` with one layer, as the notebook builds it).  Each head h
 has its own Q_h, K_h, V_h of shape (d+1) x (d+1) (every head has the full width d + 1; no splitting) and an
@@ -94,6 +95,22 @@ def sample_tasks(n_tasks: int, L: int, d: int, noise_var: float, gen: torch.Gene
     yq_clean = (xq * beta).sum(-1)
     yq = yq_clean + sd * torch.randn(n_tasks, generator=gen, dtype=dtype)
     return {"x": x, "y": y, "xq": xq, "yq": yq, "yq_clean": yq_clean, "beta": beta}
+
+
+def sample_batch(n_tasks: int, L: int, d: int, noise_var: float, gen: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch of the same distribution as ``sample_tasks``, drawn with one ``randn`` call and
+    returned as tokens: (z_q (n, 1, d+1), Z (n, L, d+1), y_q (n,) noisy).  About three times faster than
+    ``sample_tasks`` followed by ``tokens``, which matters at 50,000 steps of a model this small."""
+    r = torch.randn(n_tasks, L * d + 2 * d + L + 1, generator=gen)
+    x = r[:, : L * d].view(n_tasks, L, d)
+    xq, beta = r[:, L * d : L * d + d], r[:, L * d + d : L * d + 2 * d] / math.sqrt(d)
+    eps = r[:, L * d + 2 * d :] * math.sqrt(noise_var)
+    z = torch.empty(n_tasks, L, d + 1)
+    z[..., :d] = x
+    z[..., d] = torch.bmm(x, beta.unsqueeze(-1)).squeeze(-1) + eps[:, :L]
+    zq = F.pad(xq, (0, 1)).unsqueeze(1)
+    return zq, z, (xq * beta).sum(-1) + eps[:, L]
 
 
 def tokens(x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +269,7 @@ def run_benchmark(params: dict, seed: int, progress=None) -> tuple[dict, list[di
     val = sample_tasks(int(p["eval_tasks"]), max(lengths), d, s2, torch.Generator().manual_seed(int(p["eval_seed"])))
     gen = torch.Generator().manual_seed(int(seed))
     model = ICLAttention(d, int(p["heads"]), p["attention"], gen)
-    opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]))
+    opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), fused=True)  # the same update, fewer ops
 
     rows: list[dict] = []
     loss_sum, loss_count = torch.zeros(()), 0
@@ -268,9 +285,8 @@ def run_benchmark(params: dict, seed: int, progress=None) -> tuple[dict, list[di
 
     record(0)
     for step in range(1, steps + 1):
-        t = sample_tasks(int(p["batch"]), L, d, s2, gen)
-        zq, z = tokens(t["x"], t["y"], t["xq"])
-        loss = F.mse_loss(model(zq, z), t["yq"])
+        zq, z, yq = sample_batch(int(p["batch"]), L, d, s2, gen)
+        loss = F.mse_loss(model(zq, z), yq)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
