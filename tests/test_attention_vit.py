@@ -119,3 +119,19 @@ def test_spec_runs_at_cpu():
             assert not arms <= set(planned)
         else:
             assert arms <= set(planned)
+
+
+def test_vit_without_layernorm_and_with_sigma_reparam():
+    """layer_norm: false leaves no LayerNorm; sigma_reparam: true reparametrises every linear layer and,
+    with γ from σ(W_init), computes the same function at initialisation."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    bare = ViT((1, 28, 28), 10, patch=7, d=16, layers=2, heads=2, layer_norm=False).eval()
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in bare.modules())
+    torch.manual_seed(0)
+    sr = ViT((1, 28, 28), 10, patch=7, d=16, layers=2, heads=2, layer_norm=False, sigma_reparam=True).eval()
+    linears = [m for m in sr.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(parametrize.is_parametrized(m, "weight") for m in linears)
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(sr(x), bare(x), atol=1e-4)

@@ -3,8 +3,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from softrepro.runner import run_job
@@ -56,6 +58,20 @@ def test_training_is_deterministic_per_seed_and_learns(tiny):
     assert steps["test_accuracy"].notna().sum() == 2
     assert a["metrics"]["test_accuracy"] > 0.3  # separable toy data: well above chance (0.1)
     assert a["provenance"]["device"] == "cpu" and a["deviations"] == ["cut: test fixture"]
+    assert (steps["grad_norm"] > 0).all() and np.isfinite(steps["grad_norm"]).all()  # each logged step's gradient norm
+
+
+def test_the_logged_gradient_norm_is_the_norm_before_clipping():
+    """The training loop logs the total gradient norm of each logged step; with ``grad_clip`` it is the
+    norm clip_grad_norm_ saw (before clipping), and without it the gradients are left untouched."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4) * 100, torch.randint(0, 3, (8,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    assert float(norm) == pytest.approx(float(torch.cat([g.flatten() for g in before]).norm()), rel=1e-6)
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))  # an infinite bound changes nothing
 
 
 def _cli(root, out, env_extra=None):

@@ -412,8 +412,10 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         loss = loss_fn(out, yb, model, **extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        log_row = logged(step + 1)
+        grad_norm = None
+        if clip or log_row:  # the gradients' total norm before clipping (an infinite bound leaves them as they are)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
         opt.step()
         if constrain is not None:  # a model's constraint on its weights, after every update (e.g. max-norm)
             constrain()
@@ -426,7 +428,8 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         done = step + 1
         evaluate_now = bool(eval_every) and (done % eval_every == 0 or done == steps)
         if logged(done):
-            row = {"step": done, "train_loss": float(win_loss) / win_n, "elapsed_s": elapsed_before + time.perf_counter() - t0}
+            row = {"step": done, "train_loss": float(win_loss) / win_n, "grad_norm": float(grad_norm),
+                   "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:
                 row.update(train_accuracy=float(win_acc) / win_n, train_sc_fraction=softmax_collapse_fraction(out, precision=loss_bits))
             if hasattr(model, "log_stats"):  # a model's own measures of its last training batch (e.g. attention logits)

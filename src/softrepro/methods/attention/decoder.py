@@ -354,5 +354,5 @@ evaluate_lm.figures = [
     {"kind": "columns", "source": "metrics", "pattern": r"test_loss_x(\d+)", "log_x": True,
      "xlabel": "evaluation context / training context", "ylabel": "validation loss (nats/char)",
      "title": "loss against context length (mean over seeds, t 95 % CI)"},
-    {"kind": "curves", "columns": ["attn_logit_max_l0", "attn_entropy_min", "output_log_z"]},
+    {"kind": "curves", "columns": ["attn_logit_max_l0", "attn_entropy_min", "output_log_z", "grad_norm"]},
 ]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from softrepro.methods.attention.decoder import Block
+from softrepro.methods.attention.sigma_reparam import apply as apply_sigma_reparam
 from softrepro.registry import MODELS
 
 
@@ -25,11 +26,13 @@ class ViT(nn.Module):
     """``in_shape`` = (channels, height, width) of the images (the engine's [N, C, H, W] batches).
     ``attention``: a normalisation config for ``normalisations.make`` (e.g. ``{name: relu, h: relu,
     alpha: 1}``); ``qk_norm``: None or ``"layernorm"`` (LayerNorm on queries and keys).  Weights N(0,
-    ``init_std``), the position embedding too."""
+    ``init_std``), the position embedding too.  ``layer_norm: false`` removes every LayerNorm (the blocks'
+    and the final one); ``sigma_reparam: true`` reparametrises every linear layer as γ W / σ(W) after the
+    initialisation (``sigma_reparam.apply``, as the decoder's option)."""
 
     def __init__(self, in_shape=(1, 28, 28), n_classes: int = 10, patch: int = 7, d: int = 64, layers: int = 2,
                  heads: int = 4, mlp_ratio: int = 4, attention: dict | str = "softmax", qk_norm: str | None = None,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, layer_norm: bool = True, sigma_reparam: bool = False):
         super().__init__()
         if len(in_shape) == 2:
             in_shape = (1, *in_shape)
@@ -42,11 +45,11 @@ class ViT(nn.Module):
         self.tokens = self.grid[0] * self.grid[1]
         self.embed = nn.Linear(c * patch * patch, d)
         self.pos = nn.Parameter(torch.zeros(1, self.tokens, d))
-        self.blocks = nn.ModuleList(Block(d, heads, self.tokens, mlp_ratio, attention, qk_norm, None, True, causal=False)
+        self.blocks = nn.ModuleList(Block(d, heads, self.tokens, mlp_ratio, attention, qk_norm, None, layer_norm, causal=False)
                                     for _ in range(layers))
         for block in self.blocks:
             block.attn.measure = False  # no per-batch attention measures: this model logs none
-        self.ln_f = nn.LayerNorm(d)
+        self.ln_f = nn.LayerNorm(d) if layer_norm else nn.Identity()
         self.head = nn.Linear(d, n_classes)
         for name, p in self.named_parameters():
             if p.dim() >= 2:
@@ -54,6 +57,8 @@ class ViT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
             elif name.endswith("bias") and "ln" not in name:
                 nn.init.zeros_(p)
+        if sigma_reparam:
+            apply_sigma_reparam(self)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, L, C p p], patches in row-major order."""
