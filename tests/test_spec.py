@@ -183,6 +183,17 @@ def test_ratio_band_containing_one_is_rejected(tmp_path):
         load_paper(_paper(tmp_path, exps, claims), REPO)
 
 
+def test_a_secondary_number_cannot_be_judged_faithful(tmp_path):
+    exps = {"b": {"kind": "benchmark", "benchmark": {"name": "online_softmax"}, "deviations": [],
+                  "scales": {"smoke": {"deviations": ["cut: small"]}}}}
+    claim = {"id": "v", "text": "t", "source": "a blog", "published_from": "secondary", "kind": "value", "metric": "m",
+             "unit": "x", "experiment": "b", "published": 2.0, "tolerance": {"abs": 0.1}, "faithful_scales": ["cpu", "paper"]}
+    with pytest.raises(SpecError, match=r"claims\[0\]\.published_from: claim 'v': its number is known only from a secondary"):
+        load_paper(_paper(tmp_path, exps, [claim]), REPO)
+    exps["b"]["deviations"] = ["stand-in: other data"]  # runs that are not faithful may show it
+    load_paper(_paper(tmp_path, exps, [{**claim, "faithful_scales": []}]), REPO)
+
+
 def test_duplicate_yaml_keys_are_rejected_anywhere_but_merges_may_override(tmp_path):
     def dup(text):  # a second `steps:` inside the fmnist-softmax experiment
         return text.replace("    steps: 10000\n", "    steps: 10000\n    steps: 20000\n", 1)

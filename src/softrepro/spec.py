@@ -402,6 +402,12 @@ def _check_claim(claim: dict, experiments: dict, path: Path, where: str, root: P
             raise SpecError(path, f"{where}.faithful_scales",
                             f"claim {claim['id']!r}: listed as faithful at {scale!r}, but its experiments are at the "
                             f"{level!r} level there ({level_reason(resolved)})")
+    if claim.get("published_from") == "secondary" and (derived or claim["faithful_scales"]):
+        raise SpecError(path, f"{where}.published_from",
+                        f"claim {claim['id']!r}: its number is known only from a secondary source (not seen printed in "
+                        f"the paper), so it cannot be judged at a faithful level, yet it would be at "
+                        f"{', '.join(sorted(derived | set(claim['faithful_scales'])))}; find the number where it was "
+                        "printed, or tag the deviation that makes the runs not faithful")
     missing = derived - set(claim["faithful_scales"])
     if missing:
         raise SpecError(path, f"{where}.faithful_scales",
