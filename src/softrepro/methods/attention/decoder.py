@@ -50,8 +50,8 @@ class Attention(nn.Module):
         self.heads, self.dh, self.causal, self.rope_theta = heads, d // heads, causal, rope_theta
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
-        self.norm = normalisations.make(attention, heads, d)
-        self.norm_after = normalisations.make(swap_to, heads, d) if swap_to is not None else None  # see Decoder's swap
+        self.norm = normalisations.make(attention, heads, d, context)
+        self.norm_after = normalisations.make(swap_to, heads, d, context) if swap_to is not None else None  # see Decoder's swap
         self.swapped = False
         if qk_norm not in (None, "layernorm", "l2", "rms"):
             raise ValueError(f"qk_norm must be null, 'layernorm', 'l2' or 'rms', not {qk_norm!r}")
@@ -88,8 +88,11 @@ class Attention(nn.Module):
             return F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
         return q, k, 1.0 / math.sqrt(self.dh)
 
-    def logits(self, q: torch.Tensor, k: torch.Tensor, cosine: bool = False) -> torch.Tensor:
+    def logits(self, q: torch.Tensor, k: torch.Tensor, cosine: bool = False, kernel=None) -> torch.Tensor:
         q, k, scale = self.queries_keys(q, k, cosine)
+        if kernel is not None:  # a kernelized attention: log phi(q)·phi(k), phi's kernel estimating exp(scale q·k)
+            root = math.sqrt(scale)
+            return kernel(q, k) if scale == 1.0 else kernel(q * root, k * root)
         z = q @ k.transpose(-1, -2)
         return z if scale == 1.0 else z * scale
 
@@ -104,7 +107,7 @@ class Attention(nn.Module):
             qs, ks, scale = self.queries_keys(q, k)
             o = F.scaled_dot_product_attention(qs, ks, v, is_causal=self.causal, scale=scale)
             return self.proj(o.transpose(1, 2).reshape(b, t, d))
-        z = self.logits(q, k, cosine=getattr(norm, "cosine_logits", False))
+        z = self.logits(q, k, cosine=getattr(norm, "cosine_logits", False), kernel=getattr(norm, "log_kernel", None))
         mask, n = normalisations.attended(t, causal=self.causal, device=x.device)
         w = norm(z, mask, n.to(z.dtype))
         if keep:

@@ -14,6 +14,10 @@ Sources of the formulas (a paper's own code where one exists):
   "Replacing softmax with ReLU in Vision Transformers": "relu/seqlen" at alpha = 1).
 - ``sa_softmax``: Self-Adjust Softmax (Zheng et al. 2025; a co-author's implementation in HKUDS/SepLLM).
 - ``rela``: ReLU weights and a gated RMS norm of the concatenated head outputs (Zhang, Titov & Sennrich 2021).
+- ``prf``: kernelized attention with positive random features, optionally with relative-position weights
+  exp(b_{j-i}) and unit-norm queries and keys (Choromanski et al. 2021, "Rethinking Attention with
+  Performers"; Luo et al. 2021, arXiv 2106.12566, Eqs. 5 and 10, Algorithm 1); its logits are the log of the
+  kernel (``log_kernel``), computed by the decoder from q and k.
 - ``lssa``, ``lssar``: Length Scaled Softplus Attention and its re-weighting (Gao & Spratling 2025, arXiv
   2501.13428); they take the cosine of q and k as their logits (``cosine_logits``; docs/sources/attention-gao.md).
 """
@@ -24,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from softrepro.methods.attention.kernelized_rpe import draw_features
 
 
 class Softmax(nn.Module):
@@ -128,16 +134,18 @@ NORMALISATIONS = {"softmax": Softmax, "ssmax": ScalableSoftmax, "sigmoid": Sigmo
                   "sa_softmax": SelfAdjustSoftmax, "rela": ReLA}
 
 
-def make(cfg: dict | str, heads: int, width: int | None = None) -> nn.Module:
+def make(cfg: dict | str, heads: int, width: int | None = None, context: int | None = None) -> nn.Module:
     """The normalisation named by ``cfg`` (``name`` plus its parameters), with a clear error for an
     unknown name or parameter.  A normalisation with an ``output_norm`` (ReLA) also normalises the
-    head outputs."""
+    head outputs; one that sets ``takes_context`` also gets the training context."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
     name = cfg.pop("name", "softmax")
     if name not in NORMALISATIONS:
         raise ValueError(f"unknown attention normalisation {name!r} (known: {', '.join(NORMALISATIONS)})")
     cls = NORMALISATIONS[name]
     try:
+        if getattr(cls, "takes_context", False):
+            return cls(heads=heads, width=width, context=context, **cfg)
         if cls is ReLA or getattr(cls, "takes_width", False):
             return cls(heads=heads, width=width, **cfg)
         return cls(heads=heads, **cfg) if cls is ScalableSoftmax else cls(**cfg)
@@ -220,3 +228,64 @@ class LengthScaledSoftplusReweighted(LengthScaledSoftplus):
 
 
 NORMALISATIONS.update({"lssa": LengthScaledSoftplus, "lssar": LengthScaledSoftplusReweighted})
+
+
+class PositiveRandomFeatures(nn.Module):
+    """Kernelized attention: w_ij = phi(q_i)·phi(k_j) e^{b_{j-i}} / sum_{j' attended} phi(q_i)·phi(k_j') e^{b_{j'-i}},
+    phi the positive random features exp(w_r·x - |x|^2 / 2) / sqrt(m), r = 1..m (``kernelized_rpe.prf``),
+    whose kernel estimates exp(x·y) (Choromanski et al. 2021; Luo et al. 2021, Eq. 5 and Eq. 10).
+
+    The decoder gives ``log_kernel`` q and k each scaled by (its logit scale)^(1/2), so the kernel estimates
+    exp(q·k / sqrt(d_h)), the softmax's (the Performer's d^(-1/4) on both); ``normalise: true`` sets
+    ``cosine_logits``: unit-norm q and k, no scale (NPRF, Luo et al.'s Algorithm 1).  ``rpe: true`` adds a
+    learnable b per head and offset j - i (from 0, so that b = 0 is the plain kernel), over the offsets
+    -(context - 1) ... context - 1; longer offsets (an evaluation beyond the training context) share the
+    outermost b.  The projection W (m x d_h, rows N(0, I), Eq. 5) is drawn once, from the global RNG when the
+    model is built, and kept as a buffer (never redrawn).
+
+    Computed the simple way, with the n x n matrix: ``log_kernel`` returns log phi(Q) phi(K)^T exactly, each
+    row and column shifted by its largest feature exponent, which is added back in log space (a kernel
+    value below the float's smallest normal number counts as that number, so no row is 0 / 0); ``forward``
+    adds b and takes the softmax over the attended keys, i.e. the rows of phi(Q) phi(K)^T o exp(B) o mask
+    divided by their sums."""
+
+    takes_context = True
+
+    def __init__(self, heads: int, width: int | None = None, context: int | None = None, features: int = 32,
+                 rpe: bool = False, normalise: bool = False):
+        super().__init__()
+        if not width or width % heads:
+            raise ValueError(f"prf attention needs the model width, a multiple of heads={heads} (got width={width!r})")
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"prf attention features must be a positive integer, not {features!r}")
+        if not isinstance(rpe, bool) or not isinstance(normalise, bool):
+            raise ValueError(f"prf attention rpe and normalise must be true or false, not {rpe!r}, {normalise!r}")
+        if rpe and (not isinstance(context, int) or context < 1):
+            raise ValueError(f"prf attention with rpe needs the training context, a positive integer (got {context!r})")
+        self.cosine_logits = normalise
+        self.register_buffer("w", draw_features(features, width // heads, None, torch.get_default_dtype()))
+        self.b = nn.Parameter(torch.zeros(heads, 2 * context - 1)) if rpe else None  # b[:, context - 1 + (j - i)]
+
+    def log_kernel(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """log phi(q_i)·phi(k_j) for q [..., T, d], k [..., S, d] -> [..., T, S]."""
+        lq = q @ self.w.T - 0.5 * (q * q).sum(-1, keepdim=True)  # log sqrt(m) phi(q), [..., T, m]
+        lk = k @ self.w.T - 0.5 * (k * k).sum(-1, keepdim=True)
+        a, c = lq.amax(-1, keepdim=True), lk.amax(-1, keepdim=True)
+        kern = torch.exp(lq - a) @ torch.exp(lk - c).transpose(-1, -2)  # entries in (0, m]
+        tiny = torch.finfo(kern.dtype).tiny
+        return torch.log(kern.clamp_min(tiny)) + a + c.transpose(-1, -2) - math.log(self.w.shape[0])
+
+    def offsets(self, t: int, s: int, device=None) -> torch.Tensor:
+        """b_{j-i} [H, T, S] for query i (the last t of s positions) and key j, offsets clipped to the table."""
+        half = (self.b.shape[-1] - 1) // 2
+        i = torch.arange(t, device=device)[:, None] + (s - t)
+        j = torch.arange(s, device=device)[None, :]
+        return self.b[:, (j - i).clamp(-half, half) + half]
+
+    def forward(self, z, mask, n):
+        if self.b is not None:
+            z = z + self.offsets(*mask.shape, device=z.device)
+        return z.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+NORMALISATIONS.update({"prf": PositiveRandomFeatures})
