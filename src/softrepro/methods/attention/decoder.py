@@ -346,9 +346,15 @@ def evaluate_lm(model, loss_fn, x, y, final: bool = False) -> dict:
     out = lm_losses(model, x, y, MULTIPLES if final else (1,))
     out["test_loss"] = out["test_loss_x1"]
     if final:
-        out["diverged"] = float(not math.isfinite(out["test_loss"]))
-        out.update({f"final_{k}": v for k, v in {**model.log_stats(), **getattr(model, "head_stats", dict)()}.items()})
+        out.update(end_of_training(model, out["test_loss"]))
     return out
+
+
+def end_of_training(model, test_loss: float) -> dict:
+    """What a task reports once, after training: whether the run diverged (a non-finite test loss) and the
+    model's last training-batch measures (``log_stats``, ``head_stats``) as ``final_*``."""
+    stats = {**(model.log_stats() if hasattr(model, "log_stats") else {}), **getattr(model, "head_stats", dict)()}
+    return {"diverged": float(not math.isfinite(test_loss)), **{f"final_{k}": v for k, v in stats.items()}}
 
 
 # The report draws, beside the training curves, the loss against the evaluation context and the

@@ -22,7 +22,6 @@ as greedy decoding getting all of it (its first wrong digit would be the first a
 """
 from __future__ import annotations
 
-import math
 import string
 
 import numpy as np
@@ -230,9 +229,9 @@ def evaluate_passkey(model, loss_fn, x, y, final: bool = False) -> dict:
     first = min(int(k.rpartition("x")[2]) for k in out if k.startswith("passkey_loss_x"))
     out["test_loss"] = out[f"passkey_loss_x{first}"]
     if final:
-        out["diverged"] = float(not math.isfinite(out["test_loss"]))
-        stats = {**(model.log_stats() if hasattr(model, "log_stats") else {}), **getattr(model, "head_stats", dict)()}
-        out.update({f"final_{k}": v for k, v in stats.items()})
+        from softrepro.methods.attention.decoder import end_of_training
+
+        out.update(end_of_training(model, out["test_loss"]))
     return out
 
 

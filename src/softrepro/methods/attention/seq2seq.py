@@ -21,7 +21,6 @@ of the target symbols (nats).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -103,9 +102,9 @@ def evaluate_seq2seq(model, loss_fn, x, y, final: bool = False) -> dict:
     loss) and the model's last training-batch measures (``final_``), as the ``lm`` task reports them."""
     out = seq2seq_scores(model, x, y)
     if final:
-        out["diverged"] = float(not math.isfinite(out["test_loss"]))
-        stats = {**(model.log_stats() if hasattr(model, "log_stats") else {}), **getattr(model, "head_stats", dict)()}
-        out.update({f"final_{k}": v for k, v in stats.items()})
+        from softrepro.methods.attention.decoder import end_of_training
+
+        out.update(end_of_training(model, out["test_loss"]))
     return out
 
 
