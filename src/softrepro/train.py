@@ -396,8 +396,9 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
             xb = shift_images(xb, augment["shift"])
         for hooked in progress_hooks:  # e.g. a loss weight or a temperature that follows training progress
             hooked.set_progress(step, steps)
+        log_row = logged(step + 1)  # this step writes a log row
         if measuring is not None:  # a model's own measures are kept for the batches that are logged only
-            measuring(logged(step + 1))
+            measuring(log_row)
         extra = {} if teacher is None else {"teacher": teacher[idx]}
         if teacher_features is not None:
             extra["teacher_features"] = teacher_features[idx]
@@ -412,7 +413,6 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         loss = loss_fn(out, yb, model, **extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        log_row = logged(step + 1)
         grad_norm = None
         if clip or log_row:  # the gradients' total norm before clipping (an infinite bound leaves them as they are)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
@@ -427,7 +427,7 @@ def _train(exp: dict, seed: int, run_dir: Path, root: Path, threads: int, progre
         win_n += 1
         done = step + 1
         evaluate_now = bool(eval_every) and (done % eval_every == 0 or done == steps)
-        if logged(done):
+        if log_row:
             row = {"step": done, "train_loss": float(win_loss) / win_n, "grad_norm": float(grad_norm),
                    "elapsed_s": elapsed_before + time.perf_counter() - t0}
             if classify:

@@ -117,7 +117,8 @@ class Attention(nn.Module):
                 wd = w.detach()
                 null = ((wd * mask).sum(-1) == 0).float().mean((0, 2))  # per head: queries attending to nothing
                 self.stats = {"logit_max": z.detach().masked_fill(~mask, float("-inf")).amax(),
-                              "entropy": normalisations.row_entropy(wd, mask).mean((0, 2)),  # per head
+                              "entropy": (self.row_entropies.detach() if keep else normalisations.row_entropy(wd, mask)
+                                          ).mean((0, 2)),  # per head
                               "zero_frac": ((wd == 0) & mask).sum() / (mask.sum() * b * self.heads),  # sparsity
                               "null_rows": null.mean(), "null_heads": null}
         o = (w @ v).transpose(1, 2).reshape(b, t, d)
@@ -348,6 +349,15 @@ def evaluate_lm(model, loss_fn, x, y, final: bool = False) -> dict:
     if final:
         out.update(end_of_training(model, out["test_loss"]))
     return out
+
+
+def answer_counts(logits: torch.Tensor, targets: torch.Tensor, answer: torch.Tensor) -> tuple[int, int, float]:
+    """For a batch of sequences scored only where ``answer`` is true (the generated tasks' answer
+    positions): (rows whose every answer position has the right argmax, right answer positions, summed
+    cross-entropy of the answer positions in nats)."""
+    hit = (logits.argmax(-1) == targets) & answer
+    exact = int((hit.sum(1) == answer.sum(1)).sum())
+    return exact, int(hit.sum()), float(F.cross_entropy(logits[answer].float(), targets[answer], reduction="sum"))
 
 
 def end_of_training(model, test_loss: float) -> dict:

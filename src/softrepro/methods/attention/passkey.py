@@ -26,8 +26,8 @@ import string
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from softrepro.methods.attention.decoder import Attention, answer_counts, end_of_training
 from softrepro.registry import GENERATORS, TASKS
 
 IGNORE = -100  # targets that the loss and the scores skip (F.cross_entropy's default ignore_index)
@@ -121,8 +121,6 @@ class _KeyAttention:
     not sum to 1 (sigmoid, ReLU) is measured as a share of its row's total weight."""
 
     def __init__(self, model):
-        from softrepro.methods.attention.decoder import Attention
-
         blocks = getattr(model, "blocks", None)
         self.layers = [b.attn for b in blocks] if blocks is not None and all(isinstance(getattr(b, "attn", None), Attention)
                                                                           for b in blocks) else []
@@ -201,12 +199,8 @@ def passkey_scores(model, x: torch.Tensor, y: torch.Tensor, multiples=None, toke
                 answer = yb != IGNORE
                 k = answer.sum(1)
                 probe.set_rows(length - k, (xb == KEY).int().argmax(1), k)
-                logits = model(xb)
-                hit = (logits.argmax(-1) == yb) & answer
-                exact += int((hit.sum(1) == k).sum())
-                right += int(hit.sum())
-                answers += int(k.sum())
-                loss += float(F.cross_entropy(logits[answer].float(), yb[answer], reduction="sum"))
+                e, h, l = answer_counts(model(xb), yb, answer)
+                exact, right, answers, loss = exact + e, right + h, answers + int(k.sum()), loss + l
         out[f"passkey_acc_x{m}"] = exact / len(rows)
         out[f"passkey_digit_acc_x{m}"] = right / answers
         out[f"passkey_loss_x{m}"] = loss / answers
@@ -229,8 +223,6 @@ def evaluate_passkey(model, loss_fn, x, y, final: bool = False) -> dict:
     first = min(int(k.rpartition("x")[2]) for k in out if k.startswith("passkey_loss_x"))
     out["test_loss"] = out[f"passkey_loss_x{first}"]
     if final:
-        from softrepro.methods.attention.decoder import end_of_training
-
         out.update(end_of_training(model, out["test_loss"]))
     return out
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from softrepro.methods.attention.decoder import answer_counts, end_of_training
 from softrepro.registry import GENERATORS, TASKS
 
 IGNORE = -100  # targets that the loss and the scores skip (F.cross_entropy's default ignore_index)
@@ -88,10 +88,8 @@ def seq2seq_scores(model, x: torch.Tensor, y: torch.Tensor, tokens_per_batch: in
         logits = model(xb)
         if logits.shape[:2] != xb.shape:
             raise ValueError(f"the model's logits {tuple(logits.shape)} do not match its inputs {tuple(xb.shape)}")
-        hit = (logits.argmax(-1) == yb) & tb
-        exact += int((hit.sum(1) == tb.sum(1)).sum())
-        right += int(hit.sum())
-        loss += float(F.cross_entropy(logits[tb].float(), yb[tb], reduction="sum"))
+        e, h, l = answer_counts(logits, yb, tb)
+        exact, right, loss = exact + e, right + h, loss + l
     n = int(k.sum())
     return {"seq2seq_acc": exact / len(x), "seq2seq_token_acc": right / n, "test_loss": loss / n}
 
@@ -102,8 +100,6 @@ def evaluate_seq2seq(model, loss_fn, x, y, final: bool = False) -> dict:
     loss) and the model's last training-batch measures (``final_``), as the ``lm`` task reports them."""
     out = seq2seq_scores(model, x, y)
     if final:
-        from softrepro.methods.attention.decoder import end_of_training
-
         out.update(end_of_training(model, out["test_loss"]))
     return out
 
